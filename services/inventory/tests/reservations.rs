@@ -1,0 +1,293 @@
+//! Reserve / Release / Commit over real gRPC into real PostgreSQL.
+
+mod common;
+
+use common::{TestApp, snapshot};
+use futures::future::join_all;
+use stockmesh_proto::inventory::v1 as pb;
+use tonic::Code;
+use uuid::Uuid;
+
+async fn product_with_stock(app: &TestApp, quantity: i64) -> String {
+    let product_id = Uuid::now_v7().to_string();
+    app.client()
+        .await
+        .set_stock(pb::SetStockRequest {
+            product_id: product_id.clone(),
+            quantity,
+        })
+        .await
+        .expect("set stock");
+    product_id
+}
+
+fn reserve(order_id: &str, product_id: &str, quantity: i64) -> pb::ReserveRequest {
+    pb::ReserveRequest {
+        order_id: order_id.to_owned(),
+        product_id: product_id.to_owned(),
+        quantity,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_reserves_never_oversell_and_replays_change_nothing() {
+    let app = TestApp::spawn().await;
+    let product = product_with_stock(&app, 50).await;
+    let orders: Vec<String> = (0..250).map(|_| Uuid::now_v7().to_string()).collect();
+
+    let fire = |orders: Vec<String>| {
+        let client = app.client();
+        let product = product.clone();
+        async move {
+            let client = client.await;
+            join_all(orders.into_iter().map(|order| {
+                let mut client = client.clone();
+                let request = reserve(&order, &product, 1);
+                async move { (order, client.reserve(request).await) }
+            }))
+            .await
+        }
+    };
+
+    let first = fire(orders.clone()).await;
+    let mut confirmed = Vec::new();
+    for (order, result) in &first {
+        match result {
+            Ok(response) => {
+                let stock = response.get_ref().stock.as_ref().expect("stock in answer");
+                assert!(stock.available >= 0, "stock went negative: {stock:?}");
+                confirmed.push(order.clone());
+            }
+            Err(status) => {
+                assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+                assert!(
+                    status.message().contains("available 0"),
+                    "{}",
+                    status.message()
+                );
+            }
+        }
+    }
+    assert_eq!(confirmed.len(), 50, "exactly the 50 units are reserved");
+
+    let pool = app.db.pool().await;
+    let (available, reserved): (i64, i64) =
+        sqlx::query_as("SELECT available, reserved FROM stock WHERE product_id = $1::uuid")
+            .bind(&product)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!((available, reserved), (0, 50));
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM reservations")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 50);
+
+    // Replaying every order id, concurrently, changes nothing.
+    let before = snapshot(&pool).await;
+    let replay = fire(orders.clone()).await;
+    for (order, result) in replay {
+        if confirmed.contains(&order) {
+            let response = result.expect("a replayed reservation answers the same");
+            let reservation = response.into_inner().reservation.unwrap();
+            assert_eq!(reservation.order_id, order);
+            assert_eq!(reservation.quantity, 1);
+        } else {
+            assert_eq!(result.unwrap_err().code(), Code::FailedPrecondition);
+        }
+    }
+    assert_eq!(snapshot(&pool).await, before);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn release_returns_units_exactly_once_and_commit_is_final() {
+    let app = TestApp::spawn().await;
+    let mut client = app.client().await;
+    let product = product_with_stock(&app, 10).await;
+    let order_a = Uuid::now_v7().to_string();
+    let order_b = Uuid::now_v7().to_string();
+
+    let answer = client
+        .reserve(reserve(&order_a, &product, 4))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.stock.unwrap().available, 6);
+    client
+        .reserve(reserve(&order_b, &product, 3))
+        .await
+        .unwrap();
+
+    // Same order id, different quantity: refused, nothing changes.
+    let mismatch = client
+        .reserve(reserve(&order_a, &product, 5))
+        .await
+        .unwrap_err();
+    assert_eq!(mismatch.code(), Code::AlreadyExists);
+
+    let release = pb::ReleaseRequest {
+        order_id: order_a.clone(),
+    };
+    let first = client.release(release.clone()).await.unwrap().into_inner();
+    assert!(first.released_now);
+    let second = client.release(release).await.unwrap().into_inner();
+    assert!(!second.released_now, "second release is a no-op");
+    assert_eq!(
+        second.reservation.unwrap().state,
+        pb::ReservationState::Released as i32
+    );
+    let stock = client
+        .get_stock(pb::GetStockRequest {
+            product_id: product.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .stock
+        .unwrap();
+    assert_eq!((stock.available, stock.reserved), (7, 3));
+
+    // A released order cannot be reserved again under the same id.
+    let again = client
+        .reserve(reserve(&order_a, &product, 4))
+        .await
+        .unwrap();
+    assert_eq!(
+        again.into_inner().reservation.unwrap().state,
+        pb::ReservationState::Released as i32
+    );
+
+    // Commit: reserved units leave for good; release after commit changes nothing.
+    let committed = client
+        .commit(pb::CommitRequest {
+            order_id: order_b.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        committed.reservation.unwrap().state,
+        pb::ReservationState::Committed as i32
+    );
+    client
+        .commit(pb::CommitRequest {
+            order_id: order_b.clone(),
+        })
+        .await
+        .unwrap();
+    let after_commit = client
+        .release(pb::ReleaseRequest {
+            order_id: order_b.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!after_commit.released_now);
+    let stock = client
+        .get_stock(pb::GetStockRequest {
+            product_id: product.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .stock
+        .unwrap();
+    assert_eq!((stock.available, stock.reserved), (7, 0));
+
+    let released_commit = client
+        .commit(pb::CommitRequest { order_id: order_a })
+        .await
+        .unwrap_err();
+    assert_eq!(released_commit.code(), Code::FailedPrecondition);
+    let unknown_commit = client
+        .commit(pb::CommitRequest {
+            order_id: Uuid::now_v7().to_string(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown_commit.code(), Code::NotFound);
+    // Releasing an order that never reserved is a harmless no-op.
+    let unknown_release = client
+        .release(pb::ReleaseRequest {
+            order_id: Uuid::now_v7().to_string(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(unknown_release.reservation.is_none() && !unknown_release.released_now);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn stock_administration_never_goes_negative() {
+    let app = TestApp::spawn().await;
+    let mut client = app.client().await;
+    let product = product_with_stock(&app, 5).await;
+    let other = product_with_stock(&app, 0).await;
+
+    let adjusted = client
+        .adjust_stock(pb::AdjustStockRequest {
+            product_id: product.clone(),
+            delta: -5,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(adjusted.stock.unwrap().available, 0);
+    let below = client
+        .adjust_stock(pb::AdjustStockRequest {
+            product_id: product.clone(),
+            delta: -1,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(below.code(), Code::FailedPrecondition);
+    let up = client
+        .adjust_stock(pb::AdjustStockRequest {
+            product_id: product.clone(),
+            delta: 12,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(up.stock.unwrap().available, 12);
+    let unknown = client
+        .adjust_stock(pb::AdjustStockRequest {
+            product_id: Uuid::now_v7().to_string(),
+            delta: 1,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
+
+    let set = client
+        .set_stock(pb::SetStockRequest {
+            product_id: product.clone(),
+            quantity: 3,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(set.stock.unwrap().available, 3);
+
+    let missing = Uuid::now_v7().to_string();
+    let stocks = client
+        .get_stocks(pb::GetStocksRequest {
+            product_ids: vec![product.clone(), other.clone(), missing],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .stocks;
+    let mut got: Vec<(String, i64)> = stocks
+        .into_iter()
+        .map(|s| (s.product_id, s.available))
+        .collect();
+    got.sort();
+    let mut want = vec![(product, 3), (other, 0)];
+    want.sort();
+    assert_eq!(got, want, "unknown products are simply absent");
+    app.stop().await;
+}

@@ -1,0 +1,108 @@
+//! PostgreSQL: one pool per service, embedded migrations run at start-up,
+//! a readiness check and pool-usage gauges.
+
+use prometheus_client::metrics::gauge::Gauge;
+use sqlx::PgPool;
+use sqlx::migrate::Migrator;
+use sqlx::postgres::PgPoolOptions;
+
+use crate::config::DatabaseConfig;
+use crate::metrics::Metrics;
+
+/// Opens the pool lazily: the service starts (and reports not-ready) even
+/// while the database is still coming up, and recovers when it appears.
+pub fn pool(config: &DatabaseConfig) -> Result<PgPool, sqlx::Error> {
+    PgPoolOptions::new()
+        .max_connections(config.max_connections)
+        .acquire_timeout(config.acquire_timeout)
+        .test_before_acquire(true)
+        .connect_lazy(&config.url)
+}
+
+/// Runs the service's embedded migrations, retrying while the database is
+/// unreachable (up to `attempts` times, with a growing pause).
+pub async fn migrate(pool: &PgPool, migrator: &Migrator, attempts: u32) -> anyhow::Result<()> {
+    let mut delay = std::time::Duration::from_millis(200);
+    for attempt in 1..=attempts.max(1) {
+        match migrator.run(pool).await {
+            Ok(()) => {
+                tracing::info!(
+                    migrations = migrator.iter().count(),
+                    "database schema up to date"
+                );
+                return Ok(());
+            }
+            Err(sqlx::migrate::MigrateError::Execute(err))
+                if is_connection_error(&err) && attempt < attempts =>
+            {
+                tracing::warn!(attempt, error = %err, "database not reachable yet, retrying migrations");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_secs(5));
+            }
+            Err(err) => return Err(anyhow::anyhow!("running migrations: {err}")),
+        }
+    }
+    Err(anyhow::anyhow!("database unreachable; migrations not run"))
+}
+
+/// Whether an error means the database could not be reached (as opposed to
+/// a query that the database refused).
+pub fn is_connection_error(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Tls(_)
+        // A connection cut mid-handshake or mid-message.
+        | sqlx::Error::Protocol(_) => true,
+        // SQLSTATE class 08 (connection exception), server shutting down or
+        // starting up, too many connections.
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("08") || matches!(code.as_ref(), "57P01" | "57P02" | "57P03" | "53300")
+        }),
+        _ => false,
+    }
+}
+
+/// Readiness check: one round trip.
+pub async fn ping(pool: &PgPool) -> Result<(), String> {
+    sqlx::query("SELECT 1")
+        .execute(pool)
+        .await
+        .map(|_| ())
+        .map_err(|err| match err {
+            sqlx::Error::PoolTimedOut => "database unreachable (pool timed out)".to_owned(),
+            sqlx::Error::Io(e) => format!("database unreachable: {e}"),
+            other => format!(
+                "database check failed: {}",
+                crate::error::ErrorChain(&other)
+            ),
+        })
+}
+
+/// Exposes `stockmesh_db_pool_connections{state}` refreshed at each scrape.
+pub fn register_pool_metrics(metrics: &Metrics, pool: &PgPool) {
+    let in_use: Gauge = Gauge::default();
+    let idle: Gauge = Gauge::default();
+    let max: Gauge = Gauge::default();
+    metrics.register(
+        "db_pool_connections_in_use",
+        "Pool connections checked out",
+        in_use.clone(),
+    );
+    metrics.register(
+        "db_pool_connections_idle",
+        "Pool connections idle",
+        idle.clone(),
+    );
+    metrics.register("db_pool_connections_max", "Pool size limit", max.clone());
+    let pool = pool.clone();
+    metrics.on_scrape(move || {
+        let size = pool.size() as i64;
+        let free = pool.num_idle() as i64;
+        in_use.set(size - free);
+        idle.set(free);
+        max.set(pool.options().get_max_connections() as i64);
+        async {}
+    });
+}

@@ -1,0 +1,112 @@
+//! The gRPC server every gRPC service runs.
+//!
+//! Standard layers: server span + per-method metrics, process-wide load
+//! shedding (RESOURCE_EXHAUSTED at once instead of queueing) and a request
+//! timeout that also honours the caller's `grpc-timeout` (the smaller wins,
+//! so a caller's remaining deadline propagates). Every server also serves
+//! `grpc.health.v1.Health` — driven by the service's readiness checks — and
+//! reflection v1, so `grpcurl` works without the .proto files.
+
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::Routes;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::health::Readiness;
+use crate::layers::{GrpcServerLayer, LoadShedLayer};
+use crate::metrics::Metrics;
+use crate::shutdown::Shutdown;
+
+/// How often readiness is re-evaluated for the gRPC health service.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Settings of one gRPC server.
+#[derive(Debug, Clone)]
+pub struct GrpcSettings {
+    pub request_timeout: Duration,
+    pub max_concurrent_requests: usize,
+    /// Fully-qualified service names whose health follows readiness.
+    pub service_names: Vec<&'static str>,
+}
+
+fn overloaded() -> http::Response<tonic::body::Body> {
+    tonic::Status::resource_exhausted("server overloaded, retry shortly").into_http()
+}
+
+/// Serves `routes` plus health and reflection until shutdown, then drains.
+pub async fn serve(
+    listener: TcpListener,
+    routes: Routes,
+    file_descriptor_set: &'static [u8],
+    settings: GrpcSettings,
+    readiness: Readiness,
+    metrics: Metrics,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let addr = listener.local_addr()?;
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(file_descriptor_set)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+
+    let health_task = tokio::spawn(follow_readiness(
+        reporter,
+        settings.service_names.clone(),
+        readiness,
+        shutdown.clone(),
+    ));
+
+    let routes = routes.add_service(health_service).add_service(reflection);
+    tracing::info!(%addr, "gRPC server listening");
+    let result = tonic::transport::Server::builder()
+        .timeout(settings.request_timeout)
+        .layer(GrpcServerLayer::new(metrics.requests.clone()))
+        .layer(
+            LoadShedLayer::new(settings.max_concurrent_requests, overloaded)
+                .counting(metrics.requests.clone(), "grpc"),
+        )
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled())
+        .await;
+    health_task.abort();
+    result?;
+    tracing::info!(%addr, "gRPC server drained");
+    Ok(())
+}
+
+/// Mirrors readiness into `grpc.health.v1` for "" and each named service.
+async fn follow_readiness(
+    reporter: HealthReporter,
+    names: Vec<&'static str>,
+    readiness: Readiness,
+    shutdown: Shutdown,
+) {
+    let mut last = None;
+    loop {
+        let status = if readiness.evaluate().await.ready {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        if last != Some(status) {
+            tracing::info!(?status, "gRPC health status");
+            for name in std::iter::once("").chain(names.iter().copied()) {
+                reporter.set_service_status(name, status).await;
+            }
+            last = Some(status);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(HEALTH_INTERVAL) => {}
+            _ = shutdown.cancelled() => {
+                for name in std::iter::once("").chain(names.iter().copied()) {
+                    reporter.set_service_status(name, ServingStatus::NotServing).await;
+                }
+                return;
+            }
+        }
+    }
+}

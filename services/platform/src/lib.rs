@@ -1,0 +1,19 @@
+//! Plumbing written once for every stockmesh service.
+//!
+//! A service crate composes these pieces in its `startup` module and keeps
+//! only its domain: handlers translate, the service layer decides,
+//! repositories store.
+
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod grpc;
+pub mod health;
+pub mod http;
+pub mod layers;
+pub mod metrics;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use error::{ApiError, ErrorKind};
+pub use shutdown::Shutdown;

@@ -1,0 +1,215 @@
+//! Prometheus metrics: one registry per process, rendered at `/metrics`.
+//!
+//! The request metrics every service shares (HTTP per route, gRPC per method,
+//! server and client side) are registered here; a service registers its own
+//! domain metrics through [`Metrics::register`]. Gauges that mirror external
+//! state (pool usage, backlog) are refreshed at scrape time by hooks.
+
+use std::sync::{Arc, Mutex};
+
+use futures::future::BoxFuture;
+use prometheus_client::encoding::{EncodeLabelSet, text::encode};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Metric, Registry};
+
+/// Latency buckets in seconds, 1 ms to 10 s.
+pub const LATENCY_BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS)
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub method: String,
+    pub route: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpRouteLabels {
+    pub method: String,
+    pub route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GrpcLabels {
+    pub service: String,
+    pub method: String,
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GrpcMethodLabels {
+    pub service: String,
+    pub method: String,
+}
+
+/// Request metrics shared by every service.
+#[derive(Clone)]
+pub struct RequestMetrics {
+    pub http_requests: Family<HttpLabels, Counter>,
+    pub http_duration: Family<HttpRouteLabels, Histogram>,
+    pub grpc_server_handled: Family<GrpcLabels, Counter>,
+    pub grpc_server_duration: Family<GrpcMethodLabels, Histogram>,
+    pub grpc_client_handled: Family<GrpcLabels, Counter>,
+    pub grpc_client_duration: Family<GrpcMethodLabels, Histogram>,
+    pub shed: Family<TransportLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransportLabels {
+    pub transport: &'static str,
+}
+
+type ScrapeHook = Arc<dyn Fn() -> BoxFuture<'static, ()> + Send + Sync>;
+
+/// The process's metric registry plus the shared request metrics.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Mutex<Registry>>,
+    hooks: Arc<Mutex<Vec<ScrapeHook>>>,
+    pub requests: RequestMetrics,
+}
+
+impl Metrics {
+    /// A registry whose metric names all start with `stockmesh_`.
+    pub fn new(service: &str) -> Self {
+        let mut registry = Registry::with_prefix_and_labels(
+            "stockmesh",
+            [(
+                std::borrow::Cow::Borrowed("service"),
+                std::borrow::Cow::Owned(service.to_owned()),
+            )]
+            .into_iter(),
+        );
+        let requests = RequestMetrics {
+            http_requests: Family::default(),
+            http_duration: Family::new_with_constructor(latency_histogram),
+            grpc_server_handled: Family::default(),
+            grpc_server_duration: Family::new_with_constructor(latency_histogram),
+            grpc_client_handled: Family::default(),
+            grpc_client_duration: Family::new_with_constructor(latency_histogram),
+            shed: Family::default(),
+        };
+        registry.register(
+            "http_server_requests",
+            "HTTP requests served, by method, route and status",
+            requests.http_requests.clone(),
+        );
+        registry.register(
+            "http_server_request_duration_seconds",
+            "HTTP request duration, by method and route",
+            requests.http_duration.clone(),
+        );
+        registry.register(
+            "grpc_server_handled",
+            "gRPC calls served, by service, method and status code",
+            requests.grpc_server_handled.clone(),
+        );
+        registry.register(
+            "grpc_server_handling_seconds",
+            "gRPC server call duration, by service and method",
+            requests.grpc_server_duration.clone(),
+        );
+        registry.register(
+            "grpc_client_handled",
+            "gRPC calls made, by upstream service, method and status code",
+            requests.grpc_client_handled.clone(),
+        );
+        registry.register(
+            "grpc_client_handling_seconds",
+            "gRPC client call duration, by upstream service and method",
+            requests.grpc_client_duration.clone(),
+        );
+        registry.register(
+            "requests_shed",
+            "Requests refused because the server was at its concurrency limit",
+            requests.shed.clone(),
+        );
+        Self {
+            registry: Arc::new(Mutex::new(registry)),
+            hooks: Arc::new(Mutex::new(Vec::new())),
+            requests,
+        }
+    }
+
+    /// Registers a service-specific metric.
+    pub fn register(&self, name: &str, help: &str, metric: impl Metric) {
+        if let Ok(mut registry) = self.registry.lock() {
+            registry.register(name, help, metric);
+        }
+    }
+
+    /// Runs `hook` before each scrape (to refresh gauges from their source).
+    pub fn on_scrape<F, Fut>(&self, hook: F)
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        if let Ok(mut hooks) = self.hooks.lock() {
+            hooks.push(Arc::new(move || Box::pin(hook())));
+        }
+    }
+
+    /// Prometheus text exposition of every metric.
+    pub async fn render(&self) -> String {
+        let hooks: Vec<ScrapeHook> = self
+            .hooks
+            .lock()
+            .map(|hooks| hooks.clone())
+            .unwrap_or_default();
+        for hook in hooks {
+            hook().await;
+        }
+        let mut out = String::new();
+        if let Ok(registry) = self.registry.lock() {
+            // Writing into a String cannot fail.
+            let _ = encode(&mut out, &registry);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus_client::metrics::gauge::Gauge;
+
+    #[tokio::test]
+    async fn renders_shared_and_custom_metrics_with_scrape_hooks() {
+        let metrics = Metrics::new("inventory");
+        metrics
+            .requests
+            .http_requests
+            .get_or_create(&HttpLabels {
+                method: "GET".into(),
+                route: "/x".into(),
+                status: 200,
+            })
+            .inc();
+        let gauge: Gauge = Gauge::default();
+        metrics.register("things", "things", gauge.clone());
+        metrics.on_scrape(move || {
+            let gauge = gauge.clone();
+            async move {
+                gauge.set(7);
+            }
+        });
+        let text = metrics.render().await;
+        assert!(
+            text.contains(
+                r#"stockmesh_http_server_requests_total{service="inventory",method="GET",route="/x",status="200"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"stockmesh_things{service="inventory"} 7"#),
+            "{text}"
+        );
+    }
+}
