@@ -53,6 +53,12 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
 
+    // Known (as NOT_SERVING) from the first call on, until readiness says otherwise.
+    for name in std::iter::once("").chain(settings.service_names.iter().copied()) {
+        reporter
+            .set_service_status(name, ServingStatus::NotServing)
+            .await;
+    }
     let health_task = tokio::spawn(follow_readiness(
         reporter,
         settings.service_names.clone(),
@@ -85,7 +91,7 @@ async fn follow_readiness(
     readiness: Readiness,
     shutdown: Shutdown,
 ) {
-    let mut last = None;
+    let mut last = Some(ServingStatus::NotServing);
     loop {
         let status = if readiness.evaluate().await.ready {
             ServingStatus::Serving
