@@ -168,13 +168,15 @@ impl std::fmt::Display for ApiError {
 impl std::error::Error for ApiError {}
 
 /// The error document every HTTP service returns.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+/// A stable machine-readable `code` and a message for people.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct ErrorDetail {
+    /// e.g. `validation_failed`, `not_found`, `insufficient_stock`.
     pub code: String,
     pub message: String,
 }

@@ -70,7 +70,10 @@ pub async fn serve(
     tracing::info!(%addr, "gRPC server listening");
     let result = tonic::transport::Server::builder()
         .timeout(settings.request_timeout)
-        .layer(GrpcServerLayer::new(metrics.requests.clone()))
+        .layer(GrpcServerLayer::new(
+            metrics.requests.clone(),
+            settings.request_timeout,
+        ))
         .layer(
             LoadShedLayer::new(settings.max_concurrent_requests, overloaded)
                 .counting(metrics.requests.clone(), "grpc"),

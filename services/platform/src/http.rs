@@ -93,9 +93,12 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "HTTP server listening");
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown.cancelled())
-        .await?;
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown.cancelled())
+    .await?;
     tracing::info!(%addr, "HTTP server drained");
     Ok(())
 }
@@ -193,7 +196,9 @@ async fn edge_guard(
                 .with_retry_after(Duration::from_secs(1))
                 .into_response();
         };
-        match tokio::time::timeout(state.limits.request_timeout, next.run(request)).await {
+        let deadline = tokio::time::Instant::now() + state.limits.request_timeout;
+        let run = crate::deadline::scope(deadline, next.run(request));
+        match tokio::time::timeout_at(deadline, run).await {
             Ok(response) => response,
             Err(_) => {
                 tracing::warn!(

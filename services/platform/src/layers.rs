@@ -191,11 +191,16 @@ pub fn grpc_status_of<B>(response: &Response<B>) -> tonic::Code {
 #[derive(Clone)]
 pub struct GrpcServerLayer {
     metrics: RequestMetrics,
+    max_budget: std::time::Duration,
 }
 
 impl GrpcServerLayer {
-    pub fn new(metrics: RequestMetrics) -> Self {
-        Self { metrics }
+    /// `max_budget` is the server's own request timeout.
+    pub fn new(metrics: RequestMetrics, max_budget: std::time::Duration) -> Self {
+        Self {
+            metrics,
+            max_budget,
+        }
     }
 }
 
@@ -205,6 +210,7 @@ impl<S> Layer<S> for GrpcServerLayer {
         GrpcServer {
             inner,
             metrics: self.metrics.clone(),
+            max_budget: self.max_budget,
         }
     }
 }
@@ -213,6 +219,7 @@ impl<S> Layer<S> for GrpcServerLayer {
 pub struct GrpcServer<S> {
     inner: S,
     metrics: RequestMetrics,
+    max_budget: std::time::Duration,
 }
 
 impl<S, ReqB, ResB> Service<Request<ReqB>> for GrpcServer<S>
@@ -256,10 +263,19 @@ where
         } else {
             tracing::Span::none()
         };
+        // The caller's deadline (if any) bounds ours; the server's own
+        // timeout is enforced by tonic and applies on top.
+        let caller_budget = req
+            .headers()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(crate::deadline::parse_grpc_timeout);
+        let budget = caller_budget.map_or(self.max_budget, |b| b.min(self.max_budget));
+        let deadline = tokio::time::Instant::now() + budget;
         Box::pin(
             async move {
                 let start = Instant::now();
-                let result = inner.call(req).await;
+                let result = crate::deadline::scope(deadline, inner.call(req)).await;
                 let code = match &result {
                     Ok(response) => grpc_status_of(response),
                     Err(_) => tonic::Code::Internal,

@@ -4,14 +4,20 @@
 //! only its domain: handlers translate, the service layer decides,
 //! repositories store.
 
+pub mod auth;
 pub mod config;
 pub mod db;
+pub mod deadline;
 pub mod error;
+pub mod extract;
 pub mod grpc;
+pub mod grpc_client;
 pub mod health;
 pub mod http;
 pub mod layers;
 pub mod metrics;
+pub mod openapi;
+pub mod runtime;
 pub mod shutdown;
 pub mod telemetry;
 

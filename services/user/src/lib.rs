@@ -1,0 +1,15 @@
+//! The user service: accounts, roles, login and JWT issuance, over HTTP.
+//!
+//! `http` translates, `service` decides, `repository` stores; `startup`
+//! assembles them with the shared platform.
+
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod http;
+pub mod password;
+pub mod rate_limit;
+pub mod repository;
+pub mod service;
+pub mod startup;
+pub mod tokens;

@@ -1,0 +1,108 @@
+//! Builds the user application from its configuration.
+
+use std::net::SocketAddr;
+
+use sqlx::PgPool;
+use stockmesh_platform::auth::Verifier;
+use stockmesh_platform::health::Readiness;
+use stockmesh_platform::http::{self, HttpLimits};
+use stockmesh_platform::metrics::Metrics;
+use stockmesh_platform::{Shutdown, db};
+use tokio::net::TcpListener;
+
+use crate::config::UserConfig;
+use crate::http::{AppState, router};
+use crate::repository::UserRepository;
+use crate::service::UserService;
+use crate::tokens::Issuer;
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+pub struct Application {
+    config: UserConfig,
+    pool: PgPool,
+    listener: TcpListener,
+    metrics: Metrics,
+    service: UserService,
+    verifier: Verifier,
+}
+
+impl Application {
+    pub async fn build(config: UserConfig) -> anyhow::Result<Self> {
+        let pool = db::pool(&config.database)?;
+        db::migrate(&pool, &MIGRATOR, 30).await?;
+        let metrics = Metrics::new(config.common.service_name);
+        db::register_pool_metrics(&metrics, &pool);
+        let issuer = Issuer::new(
+            &config.signing_key_pem,
+            &config.auth.issuer,
+            &config.auth.audience,
+            config.token_ttl,
+        )?;
+        let verifier = Verifier::new(&config.auth)?;
+        let service = UserService::new(
+            UserRepository::new(pool.clone()),
+            issuer,
+            config.login_limits,
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        if let Some(admin) = &config.admin {
+            service
+                .bootstrap_admin(admin)
+                .await
+                .map_err(|e| anyhow::anyhow!("creating the first administrator: {e}"))?;
+        }
+        let listener = TcpListener::bind(config.common.http_addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("binding HTTP {}: {e}", config.common.http_addr))?;
+        Ok(Self {
+            config,
+            pool,
+            listener,
+            metrics,
+            service,
+            verifier,
+        })
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or(self.config.common.http_addr)
+    }
+
+    pub async fn run_until_stopped(self, shutdown: Shutdown) -> anyhow::Result<()> {
+        let Self {
+            config,
+            pool,
+            listener,
+            metrics,
+            service,
+            verifier,
+        } = self;
+        let check_pool = pool.clone();
+        let readiness = Readiness::new(shutdown.clone()).with_check("database", move || {
+            let pool = check_pool.clone();
+            async move { db::ping(&pool).await }
+        });
+        let state = AppState {
+            service,
+            verifier,
+            cookie_secure: config.cookie_secure,
+            trust_forwarded_for: config.trust_forwarded_for,
+        };
+        let app = http::router(
+            router(state),
+            readiness,
+            metrics,
+            HttpLimits::from(&config.common),
+        );
+        let server = shutdown.spawn(http::serve(listener, app, shutdown.clone()));
+        let drained = shutdown.drained(config.common.shutdown_grace).await;
+        pool.close().await;
+        server.await??;
+        anyhow::ensure!(drained, "shutdown grace period exceeded");
+        Ok(())
+    }
+}
