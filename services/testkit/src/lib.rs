@@ -17,6 +17,46 @@ use sqlx::{Connection, PgConnection, PgPool};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+/// A key pair for a test system and tokens signed with it, as the user
+/// service would issue them.
+pub struct TestKeys {
+    pub private_pem: String,
+    pub public_pem: String,
+}
+
+impl TestKeys {
+    pub fn generate() -> Self {
+        let (private_pem, public_pem) =
+            stockmesh_platform::auth::generate_keypair().expect("key generation");
+        Self {
+            private_pem,
+            public_pem,
+        }
+    }
+
+    /// A valid token for `user_id` with `role` (issuer `stockmesh`, audience `stockmesh-api`).
+    pub fn token(&self, user_id: uuid::Uuid, role: stockmesh_platform::auth::Role) -> String {
+        let now = chrono::Utc::now().timestamp();
+        let claims = stockmesh_platform::auth::Claims {
+            sub: user_id,
+            role,
+            iss: "stockmesh".into(),
+            aud: "stockmesh-api".into(),
+            exp: now + 3600,
+            iat: now,
+            jti: uuid::Uuid::now_v7(),
+        };
+        let key =
+            jsonwebtoken::EncodingKey::from_ed_pem(self.private_pem.as_bytes()).expect("valid key");
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA),
+            &claims,
+            &key,
+        )
+        .expect("signing")
+    }
+}
+
 /// URLs of the real infrastructure tests run against.
 #[derive(Debug, Clone)]
 pub struct Infra {

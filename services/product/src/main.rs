@@ -1,0 +1,22 @@
+//! `product` binary: reads configuration, starts telemetry, serves until
+//! SIGTERM/SIGINT and drains.
+
+use std::process::ExitCode;
+
+use stockmesh_product::config::ProductConfig;
+use stockmesh_product::startup::Application;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    stockmesh_platform::runtime::run(
+        "product",
+        ProductConfig::from_env(),
+        |c| &c.common,
+        |config, shutdown| async move {
+            let app = Application::build(config).await?;
+            tracing::info!(http = %app.http_addr(), grpc = %app.grpc_addr(), "product ready to serve");
+            app.run_until_stopped(shutdown).await
+        },
+    )
+    .await
+}
