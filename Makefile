@@ -32,3 +32,51 @@ infra-down: ## Stop the test PostgreSQL/RabbitMQ started by infra-up
 
 clean: ## Remove build output
 	$(CARGO) clean
+
+# ---------------------------------------------------------------------------
+# Containers and Kubernetes (charts/, k8s/, skaffold.yaml; see k8s/README.md)
+
+IMAGE_REPO ?= stockmesh
+IMAGE_TAG ?= dev
+BINARIES := user product inventory order notification stockmesh-operator
+KIND_CLUSTER ?= stockmesh
+INGRESS_NGINX_MANIFEST ?= https://raw.githubusercontent.com/kubernetes/ingress-nginx/controller-v1.12.1/deploy/static/provider/kind/deploy.yaml
+SKAFFOLD_PROFILES ?= kind
+
+.PHONY: images kind-up kind-down dev deploy e2e-k8s k8s-check k8s-tools
+
+images: ## Build the six images with docker (IMAGE_REPO/<bin>:IMAGE_TAG)
+	@for bin in $(BINARIES); do \
+		echo "==> $(IMAGE_REPO)/$$bin:$(IMAGE_TAG)"; \
+		DOCKER_BUILDKIT=1 docker build --build-arg BIN=$$bin \
+			--build-arg VERSION=$(IMAGE_TAG) \
+			--build-arg REVISION=$$(git rev-parse HEAD 2>/dev/null || echo unknown) \
+			--build-arg CREATED=$$(date -u +%Y-%m-%dT%H:%M:%SZ) \
+			-t $(IMAGE_REPO)/$$bin:$(IMAGE_TAG) . || exit 1; \
+	done
+
+kind-up: ## Create the kind cluster (k8s/kind-config.yaml) with ingress-nginx
+	kind get clusters 2>/dev/null | grep -qx '$(KIND_CLUSTER)' || \
+		kind create cluster --name $(KIND_CLUSTER) --config k8s/kind-config.yaml
+	kubectl --context kind-$(KIND_CLUSTER) apply -f $(INGRESS_NGINX_MANIFEST)
+	kubectl --context kind-$(KIND_CLUSTER) -n ingress-nginx wait deployment/ingress-nginx-controller \
+		--for=condition=Available --timeout=300s
+	@echo "kind cluster $(KIND_CLUSTER) is up; the Ingress answers on http://localhost:8080"
+
+kind-down: ## Delete the kind cluster
+	kind delete cluster --name $(KIND_CLUSTER)
+
+dev: ## skaffold dev loop (SKAFFOLD_PROFILES=kind; helm,kind for the chart without operator)
+	skaffold dev -p $(SKAFFOLD_PROFILES)
+
+deploy: ## Build and deploy once with skaffold (operator + example InventorySystem + Jaeger)
+	skaffold run -p $(SKAFFOLD_PROFILES)
+
+e2e-k8s: ## End-to-end on the cluster: Ready, login, order, notification, trace in Jaeger
+	scripts/e2e-k8s.sh
+
+k8s-tools: ## Install helm 4, kubernetes-validate, check-jsonschema, hadolint, yamllint, shellcheck
+	@scripts/tools.sh
+
+k8s-check: ## Lint, render and validate charts, k8s/, skaffold.yaml, Dockerfile, scripts (no cluster)
+	scripts/k8s-check.sh

@@ -1,0 +1,210 @@
+#!/usr/bin/env bash
+# `make k8s-check`: every static check of the Kubernetes artifacts, no cluster
+# or Docker needed. Installs its tools first (scripts/tools.sh, fast when they
+# are there). Runs every check even after a failure, prints a summary, and
+# exits non-zero if anything failed.
+#
+#   helm lint --strict        both charts, default and ci/*-values.yaml
+#   helm template | kubernetes-validate --strict
+#                             both charts x values sets x Kubernetes 1.33, 1.37
+#   check_rendered.py         the deployment contract on the rendered objects:
+#                             probes, ports, env, security context, resources,
+#                             Ingress paths, Secrets generated (two renders
+#                             differ) and never in ConfigMaps, JWT key pair,
+#                             NetworkPolicy edges, config hash rolls pods,
+#                             operator RBAC
+#   CRD / RBAC sync           chart crds/ == k8s/crd/inventorysystem.yaml,
+#                             chart rules == k8s/operator/rbac.yaml, examples
+#                             validate against the CRD (when those exist)
+#   check-jsonschema          skaffold.yaml against schemas/skaffold-v4beta14.json
+#   hadolint                  Dockerfile
+#   yamllint                  k8s/, chart values, ci values, skaffold.yaml
+#   ShellCheck                scripts/*.sh
+#
+# STOCKMESH_K8S_CHECK_STRICT=1 turns "skipped" (a generated file not there yet)
+# into a failure.
+set -uo pipefail
+cd "$(dirname "$0")/.." || exit 1
+
+BIN="$(scripts/tools.sh)" || { echo "k8s-check: installing tools failed" >&2; exit 1; }
+export PATH="$BIN:$PATH"
+PY="$(dirname "$(readlink -f "$BIN/yamllint")")/python"
+
+KUBE_VERSIONS=(1.33.0 1.37.0)
+STOCKMESH=charts/stockmesh
+OPERATOR=charts/stockmesh-operator
+CRD_SRC=k8s/crd/inventorysystem.yaml
+CRD_CHART=$OPERATOR/crds/inventorysystem.yaml
+RBAC_SRC=k8s/operator/rbac.yaml
+RULES_CHART=$OPERATOR/files/clusterrole-rules.yaml
+
+OUT="$(mktemp -d)"
+trap 'rm -rf "$OUT"' EXIT
+
+passed=0 failed=0 skipped=0
+failures=()
+start=$SECONDS
+
+# run <description> <command...>: runs a check, keeps its output on failure.
+run() {
+    local what="$1"
+    shift
+    local log="$OUT/log.$((passed + failed + skipped))"
+    if "$@" >"$log" 2>&1; then
+        passed=$((passed + 1))
+        printf '  ok    %s\n' "$what"
+    else
+        failed=$((failed + 1))
+        failures+=("$what")
+        printf '  FAIL  %s\n' "$what"
+        sed 's/^/        /' "$log" | head -n 40
+    fi
+}
+
+skip() {
+    if [[ "${STOCKMESH_K8S_CHECK_STRICT:-0}" == 1 ]]; then
+        failed=$((failed + 1))
+        failures+=("$1 (missing: strict mode)")
+        printf '  FAIL  %s (strict mode)\n' "$1"
+    else
+        skipped=$((skipped + 1))
+        printf '  skip  %s\n' "$1"
+    fi
+}
+
+show_error() { cat "$1"; return 1; }
+
+render() { # render <chart> <out> [helm args...]
+    local chart="$1" out="$2"
+    shift 2
+    helm template stockmesh "$chart" --namespace stockmesh "$@" >"$out"
+}
+
+validate() { # validate <file>: kubernetes-validate for every version
+    local v rc=0
+    for v in "${KUBE_VERSIONS[@]}"; do
+        kubernetes-validate --strict --quiet -k "$v" "$1" || rc=1
+    done
+    return $rc
+}
+
+echo "== helm lint --strict"
+run "lint $STOCKMESH (default values)" helm lint --strict "$STOCKMESH"
+run "lint $STOCKMESH (ci/full-values.yaml)" helm lint --strict "$STOCKMESH" -f "$STOCKMESH/ci/full-values.yaml"
+run "lint $STOCKMESH (ci/external-values.yaml)" helm lint --strict "$STOCKMESH" -f "$STOCKMESH/ci/external-values.yaml"
+run "lint $OPERATOR (default values)" helm lint --strict "$OPERATOR"
+run "lint $OPERATOR (ci/full-values.yaml)" helm lint --strict "$OPERATOR" -f "$OPERATOR/ci/full-values.yaml"
+
+echo "== helm template | kubernetes-validate --strict (Kubernetes ${KUBE_VERSIONS[*]})"
+declare -A SETS=(
+    [default]=""
+    [full]="-f $STOCKMESH/ci/full-values.yaml"
+    [external]="-f $STOCKMESH/ci/external-values.yaml"
+)
+for set in default full external; do
+    # shellcheck disable=SC2086
+    if render "$STOCKMESH" "$OUT/stockmesh-$set.yaml" ${SETS[$set]} 2>"$OUT/render.err"; then
+        run "validate $STOCKMESH ($set)" validate "$OUT/stockmesh-$set.yaml"
+    else
+        run "render $STOCKMESH ($set)" show_error "$OUT/render.err"
+    fi
+done
+for set in default full; do
+    args=()
+    [[ $set == full ]] && args=(-f "$OPERATOR/ci/full-values.yaml")
+    if render "$OPERATOR" "$OUT/operator-$set.yaml" --include-crds "${args[@]}" 2>"$OUT/render.err"; then
+        run "validate $OPERATOR ($set, with CRD)" validate "$OUT/operator-$set.yaml"
+    else
+        run "render $OPERATOR ($set)" show_error "$OUT/render.err"
+    fi
+done
+
+echo "== rendered objects against docs/deployment-contract.md"
+check() { "$PY" scripts/check_rendered.py "$@"; }
+run "stockmesh (default): contract, security, probes, secrets, netpol" \
+    check stockmesh "$OUT/stockmesh-default.yaml"
+run "stockmesh (full: TLS, Jaeger, loadgen)" check stockmesh "$OUT/stockmesh-full.yaml" --tls
+run "stockmesh (external database/broker)" check stockmesh "$OUT/stockmesh-external.yaml" --mode external
+render "$STOCKMESH" "$OUT/again.yaml" 2>/dev/null
+run "stockmesh: every Secret value generated (two renders differ)" \
+    check secrets-generated "$OUT/stockmesh-default.yaml" "$OUT/again.yaml"
+render "$STOCKMESH" "$OUT/changed.yaml" --set logLevel=debug 2>/dev/null
+run "stockmesh: a config change rolls every service (config-hash)" \
+    check config-rolls "$OUT/stockmesh-default.yaml" "$OUT/changed.yaml"
+run "stockmesh: no credential-like keys in values.yaml or ci/*.yaml" \
+    bash -c "! grep -Eiq '^[[:space:]]*(password|secret|token|url)[[:space:]]*:' '$STOCKMESH/values.yaml' '$STOCKMESH/ci/'*.yaml"
+run "operator: deployment, probes, least-privilege RBAC" check operator "$OUT/operator-default.yaml"
+run "operator (full values)" check operator "$OUT/operator-full.yaml"
+# The helm arguments skaffold's default deploy passes to the operator chart
+# (image templates replaced by sample values), so that the InventorySystem it
+# installs is checked against the CRD exactly as skaffold would make it.
+skaffold_operator_args() {
+    "$PY" - <<'PY'
+import re, yaml
+cfg = yaml.safe_load(open("skaffold.yaml"))
+rel = next(r for r in cfg["deploy"]["helm"]["releases"] if r["chartPath"] == "charts/stockmesh-operator")
+def sample(v):
+    v = re.sub(r"\{\{\.IMAGE_REPO_stockmesh_([a-z_]+)\}\}", lambda m: "stockmesh/" + m.group(1).replace("_", "-"), str(v))
+    return re.sub(r"\{\{\.IMAGE_(TAG|DIGEST)_[a-z_]+\}\}", "0123abc-dirty", v)
+for k, v in rel.get("setValueTemplates", {}).items():
+    print("--set-string", f"{k}={sample(v)}", sep="\n")
+for k, v in rel.get("setValues", {}).items():
+    print("--set", f"{k}={str(v).lower() if isinstance(v, bool) else v}", sep="\n")
+for k, v in rel.get("setFiles", {}).items():
+    print("--set-file", f"{k}={v}", sep="\n")
+PY
+}
+if [[ -f k8s/examples/minimal.yaml ]]; then
+    mapfile -t sk_args < <(skaffold_operator_args)
+    if render "$OPERATOR" "$OUT/example.yaml" -s templates/example-system.yaml "${sk_args[@]}" \
+        2>"$OUT/render.err"; then
+        if [[ -f $CRD_SRC ]]; then
+            run "skaffold's InventorySystem (minimal.yaml + skaffold's overrides) against the CRD" \
+                check cr-against-crd "$CRD_SRC" "$OUT/example.yaml"
+        fi
+    else
+        run "render the example InventorySystem through the operator chart" show_error "$OUT/render.err"
+    fi
+else
+    skip "example InventorySystem through the operator chart (k8s/examples/minimal.yaml not there yet)"
+fi
+
+echo "== generated operator artifacts in sync with the chart"
+if [[ -f $CRD_SRC ]]; then
+    run "$CRD_CHART == $CRD_SRC" cmp "$CRD_SRC" "$CRD_CHART"
+    shopt -s nullglob
+    examples=(k8s/examples/*.yaml)
+    shopt -u nullglob
+    if ((${#examples[@]})); then
+        run "k8s/examples/*.yaml against the CRD schema (unknown fields rejected)" \
+            check cr-against-crd "$CRD_SRC" "${examples[@]}"
+    fi
+else
+    skip "$CRD_CHART == $CRD_SRC ($CRD_SRC not generated yet; chart has a placeholder)"
+fi
+if [[ -f $RBAC_SRC ]]; then
+    run "$RULES_CHART == ClusterRole rules of $RBAC_SRC" check rbac-equal "$RULES_CHART" "$RBAC_SRC"
+    run "validate $RBAC_SRC" validate "$RBAC_SRC"
+else
+    skip "operator RBAC rules == $RBAC_SRC (not written yet; chart uses its own rules)"
+fi
+
+echo "== k8s/ manifests"
+run "validate k8s/jaeger/jaeger.yaml" validate k8s/jaeger/jaeger.yaml
+
+echo "== skaffold, Dockerfile, YAML, shell"
+run "skaffold.yaml against schemas/skaffold-v4beta14.json" \
+    check-jsonschema --schemafile schemas/skaffold-v4beta14.json skaffold.yaml
+run "hadolint Dockerfile" hadolint Dockerfile
+run "yamllint (k8s/, chart values, ci values, skaffold.yaml)" \
+    yamllint --strict -c .yamllint k8s "$STOCKMESH/values.yaml" "$STOCKMESH/ci" "$STOCKMESH/Chart.yaml" \
+    "$OPERATOR/values.yaml" "$OPERATOR/ci" "$OPERATOR/Chart.yaml" "$OPERATOR/files" \
+    skaffold.yaml .yamllint
+run "shellcheck scripts/*.sh" shellcheck -x scripts/*.sh "$STOCKMESH/files/postgres-init.sh"
+
+echo
+echo "k8s-check: $passed passed, $failed failed, $skipped skipped ($((SECONDS - start))s)"
+if ((failed)); then
+    printf '  failed: %s\n' "${failures[@]}"
+    exit 1
+fi
