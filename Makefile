@@ -80,3 +80,8 @@ k8s-tools: ## Install helm 4, kubernetes-validate, check-jsonschema, hadolint, y
 
 k8s-check: ## Lint, render and validate charts, k8s/, skaffold.yaml, Dockerfile, scripts (no cluster)
 	scripts/k8s-check.sh
+
+.PHONY: crd
+crd: ## Regenerate k8s/crd/inventorysystem.yaml from the Rust types
+	$(CARGO) run -q -p stockmesh-operator --bin crdgen > k8s/crd/inventorysystem.yaml.tmp
+	mv k8s/crd/inventorysystem.yaml.tmp k8s/crd/inventorysystem.yaml

@@ -5,6 +5,7 @@
 #   scripts/infra.sh up   PROFILE   # PROFILE is "test" or "run"; prints an env file path
 #   scripts/infra.sh down PROFILE   # stops only what `up` started
 #   scripts/infra.sh env  PROFILE   # prints the env file path
+#   scripts/infra.sh install PROFILE PKG...  # apt-get install without starting services
 #
 # Order of preference, for each of the two:
 #   1. DATABASE_URL / AMQP_URL from the environment, used as they are;
@@ -256,5 +257,6 @@ case "${1:-}" in
   up) up ;;
   down) down ;;
   env) printf '%s\n' "$env_file" ;;
-  *) echo "usage: infra.sh up|down|env [test|run]" >&2; exit 2 ;;
+  install) mkdir -p "$state_root"; shift 2; install_packages "$@" ;;
+  *) echo "usage: infra.sh up|down|env [test|run] | install PROFILE PKG..." >&2; exit 2 ;;
 esac

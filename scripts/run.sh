@@ -3,120 +3,133 @@
 #
 # Brings up PostgreSQL and RabbitMQ (reused or private, see scripts/infra.sh),
 # gives each service its own database and role, builds and starts every
-# service on its local port, reports readiness, and on Ctrl-C stops all it
-# started (and nothing else).
+# service on its local port, puts an nginx gateway on one base URL that
+# routes /api/<prefix> exactly as the Ingress does, reports readiness, and on
+# Ctrl-C stops all it started (and nothing else).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 profile="${STOCKMESH_RUN_PROFILE:-dev}"
-services=(inventory)
+gateway_addr="${STOCKMESH_GATEWAY_ADDR:-127.0.0.1:8080}"
+user_http="${USER_HTTP_ADDR:-127.0.0.1:8081}"
+product_http="${PRODUCT_HTTP_ADDR:-127.0.0.1:8082}"
+product_grpc="${PRODUCT_GRPC_ADDR:-127.0.0.1:50052}"
+inventory_http="${INVENTORY_HTTP_ADDR:-127.0.0.1:8083}"
+inventory_grpc="${INVENTORY_GRPC_ADDR:-127.0.0.1:50053}"
+export STOCKMESH_ADMIN_EMAIL="${STOCKMESH_ADMIN_EMAIL:-admin@stockmesh.local}"
+export STOCKMESH_ADMIN_PASSWORD="${STOCKMESH_ADMIN_PASSWORD:-stockmesh-admin}"
 
 log() { printf '\033[1m[run]\033[0m %s\n' "$*"; }
 
 env_file="$(scripts/infra.sh up run)"
 # shellcheck source=/dev/null
 source "$env_file"
-admin_url="$DATABASE_URL"
-state_dir="$(dirname "$env_file")"
-log_dir="$state_dir/logs"
-mkdir -p "$log_dir"
+STACK_STATE="$(dirname "$env_file")"
+STACK_ADMIN="$DATABASE_URL"
+STACK_AMQP="$AMQP_URL"
+STACK_PREFIX="stockmesh_"
+target_dir="${CARGO_TARGET_DIR:-target}"
+STACK_BIN="$target_dir/$([ "$profile" = dev ] && echo debug || echo "$profile")"
+# shellcheck source=scripts/lib/stack.sh
+source scripts/lib/stack.sh
 
-pids=()
+nginx_pid=""
 cleanup() {
   trap - INT TERM EXIT
-  log "stopping services"
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  log "stopping"
+  if [ -n "$nginx_pid" ]; then kill -TERM "$nginx_pid" 2>/dev/null || true; wait "$nginx_pid" 2>/dev/null || true; fi
+  stack_stop_all
   scripts/infra.sh down run
   log "stopped"
 }
-trap cleanup INT TERM EXIT
-
-# One database and one role per service; passwords are local development
-# defaults (override with STOCKMESH_DB_PASSWORD_<SERVICE>).
-database_url_for() {
-  local svc="$1" var pw
-  var="STOCKMESH_DB_PASSWORD_${svc^^}"
-  pw="${!var:-$svc-dev}"
-  psql "$admin_url" -v ON_ERROR_STOP=1 -q >/dev/null <<SQL
-SELECT format('CREATE ROLE %I LOGIN PASSWORD %L', '$svc', '$pw')
-WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '$svc') \gexec
-SELECT format('ALTER ROLE %I PASSWORD %L', '$svc', '$pw') \gexec
-SELECT format('CREATE DATABASE %I OWNER %I', '$svc', '$svc')
-WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = '$svc') \gexec
-SQL
-  local hostport="${admin_url#*@}"
-  hostport="${hostport%%/*}"
-  printf 'postgres://%s:%s@%s/%s\n' "$svc" "$pw" "$hostport" "$svc"
-}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 log "building services ($profile profile)"
 cargo build --profile "$profile" --bins --locked
-target_dir="${CARGO_TARGET_DIR:-target}"
-bin_dir="$target_dir/$([ "$profile" = dev ] && echo debug || echo "$profile")"
+stack_keys
 
-declare -A health_urls=(
-  [inventory]="http://${INVENTORY_HTTP_ADDR:-127.0.0.1:8083}/readyz"
-)
+stack_start inventory "HTTP_ADDR=$inventory_http" "GRPC_ADDR=$inventory_grpc"
+stack_start product "HTTP_ADDR=$product_http" "GRPC_ADDR=$product_grpc" \
+  "INVENTORY_GRPC_URL=http://$inventory_grpc"
+stack_start user "HTTP_ADDR=$user_http" \
+  "STOCKMESH_ADMIN_EMAIL=$STOCKMESH_ADMIN_EMAIL" "STOCKMESH_ADMIN_PASSWORD=$STOCKMESH_ADMIN_PASSWORD" \
+  "TRUST_FORWARDED_FOR=true"
+stack_wait inventory "http://$inventory_http/readyz"
+stack_wait product "http://$product_http/readyz"
+stack_wait user "http://$user_http/readyz"
 
-start_service() {
-  local svc="$1"
-  local upper="${svc^^}"
-  local http_var="${upper}_HTTP_ADDR" grpc_var="${upper}_GRPC_ADDR"
-  local -a env=(
-    "DATABASE_URL=$(database_url_for "$svc")"
-    "AMQP_URL=$AMQP_URL"
-    "LOG_FORMAT=${LOG_FORMAT:-json}"
-  )
-  if [ -n "${!http_var:-}" ]; then env+=("HTTP_ADDR=${!http_var}"); fi
-  if [ -n "${!grpc_var:-}" ]; then env+=("GRPC_ADDR=${!grpc_var}"); fi
-  env "${env[@]}" "$bin_dir/$svc" >>"$log_dir/$svc.log" 2>&1 &
-  pids+=("$!")
-  log "started $svc (pid $!, log $log_dir/$svc.log)"
+# The gateway: nginx from the system's packages, as the Ingress stand-in.
+if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
+  log "installing nginx (the local stand-in for the Ingress)"
+  scripts/infra.sh install run nginx-light || scripts/infra.sh install run nginx
+fi
+nginx_bin="$(command -v nginx || echo /usr/sbin/nginx)"
+ngx="$STACK_STATE/nginx"
+mkdir -p "$ngx/tmp" "$ngx/logs"
+cat >"$ngx/nginx.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $ngx/nginx.pid;
+error_log $ngx/logs/error.log warn;
+events { worker_connections 1024; }
+http {
+  access_log $ngx/logs/access.log;
+  client_body_temp_path $ngx/tmp/body;
+  proxy_temp_path $ngx/tmp/proxy;
+  fastcgi_temp_path $ngx/tmp/fastcgi;
+  uwsgi_temp_path $ngx/tmp/uwsgi;
+  scgi_temp_path $ngx/tmp/scgi;
+  upstream user { server $user_http; keepalive 32; }
+  upstream product { server $product_http; keepalive 32; }
+  server {
+    listen $gateway_addr;
+    proxy_http_version 1.1;
+    proxy_set_header Connection "";
+    proxy_set_header Host \$host;
+    proxy_set_header X-Forwarded-For \$remote_addr;
+    proxy_set_header X-Request-Id \$request_id;
+    location /api/users { proxy_pass http://user; }
+    location /api/products { proxy_pass http://product; }
+    location / {
+      default_type application/json;
+      return 404 '{"error":{"code":"not_found","message":"no such route"}}';
+    }
+  }
 }
-
-wait_ready() {
-  local svc="$1" url="${health_urls[$1]}" i
-  for i in $(seq 1 120); do
-    if curl -fsS -o /dev/null "$url" 2>/dev/null; then
-      log "$svc ready ($url)"
-      return 0
-    fi
-    if ! kill -0 "${pids[$2]}" 2>/dev/null; then
-      log "$svc exited; last lines of its log:"
-      tail -n 20 "$log_dir/$svc.log"
-      return 1
-    fi
-    sleep 0.5
-    if [ "$i" = 120 ]; then log "$svc not ready after 60 s"; return 1; fi
-  done
-}
-
-for svc in "${services[@]}"; do start_service "$svc"; done
-index=0
-for svc in "${services[@]}"; do wait_ready "$svc" "$index"; index=$((index + 1)); done
+CONF
+"$nginx_bin" -c "$ngx/nginx.conf" -p "$ngx" &
+nginx_pid=$!
+for _ in $(seq 1 40); do
+  if curl -fsS -o /dev/null "http://$gateway_addr/api/products"; then break; fi
+  sleep 0.25
+done
+curl -fsS -o /dev/null "http://$gateway_addr/api/products" || { log "gateway did not start; see $ngx/logs/error.log"; exit 1; }
+log "gateway ready (http://$gateway_addr)"
 
 cat <<INFO
 
   stockmesh is running. Press Ctrl-C to stop everything started here.
 
-  inventory  gRPC ${INVENTORY_GRPC_ADDR:-127.0.0.1:50053}   health/metrics http://${INVENTORY_HTTP_ADDR:-127.0.0.1:8083}/readyz
-
-  try:  grpcurl -plaintext ${INVENTORY_GRPC_ADDR:-127.0.0.1:50053} list
-        grpcurl -plaintext -d '{"product_id":"0190a5a0-0000-7000-8000-000000000001","quantity":5}' \\
-          ${INVENTORY_GRPC_ADDR:-127.0.0.1:50053} stockmesh.inventory.v1.InventoryService/SetStock
-
-  logs: $log_dir
+  API (one base URL, routed like the Ingress):  http://$gateway_addr/api/...
+    user       http://$user_http        (openapi: /api/users/openapi.json)
+    product    http://$product_http        gRPC $product_grpc
+    inventory  gRPC $inventory_grpc       health/metrics http://$inventory_http
+  first admin: $STOCKMESH_ADMIN_EMAIL / $STOCKMESH_ADMIN_PASSWORD
+               (development defaults; set STOCKMESH_ADMIN_EMAIL / STOCKMESH_ADMIN_PASSWORD)
+  logs:        $STACK_STATE/logs
 
 INFO
 
-# Stay in the foreground until Ctrl-C or a service dies.
+# Stay in the foreground until Ctrl-C or a component dies.
 while :; do
-  for i in "${!pids[@]}"; do
-    if ! kill -0 "${pids[$i]}" 2>/dev/null; then
-      log "${services[$i]} exited unexpectedly; see $log_dir/${services[$i]}.log"
-      exit 1
-    fi
-  done
+  if dead="$(stack_dead)"; then
+    log "$dead exited unexpectedly; see $STACK_STATE/logs/$dead.log"
+    exit 1
+  fi
+  if ! kill -0 "$nginx_pid" 2>/dev/null; then
+    log "the gateway exited; see $ngx/logs/error.log"
+    exit 1
+  fi
   sleep 1
 done

