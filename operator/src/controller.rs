@@ -1,0 +1,576 @@
+//! The reconciler: observe, build, write what differs, report.
+//!
+//! One reconcile of an InventorySystem:
+//! 1. validate the spec; an invalid spec gets a `Degraded=True/InvalidSpec`
+//!    condition and a Warning event, and nothing else happens until the spec
+//!    changes (no crash loop, no retries);
+//! 2. list every kind it manages in the namespace, by label
+//!    (`app.kubernetes.io/instance=<name>,app.kubernetes.io/managed-by=stockmesh-operator`);
+//!    in external mode, get the referenced Secrets;
+//! 3. build the desired objects ([`crate::resources::build_all`]);
+//! 4. create generated Secrets that do not exist yet (never touching those
+//!    that do); server-side apply every other object whose
+//!    `stockmesh.io/applied-hash` annotation differs from the observed one —
+//!    in a steady state nothing is written; delete objects it owns that are
+//!    no longer desired (e.g. the Ingress after `ingress.enabled: false`);
+//! 5. publish Events for what it created, updated, deleted or failed;
+//! 6. compute the status and patch it only if it changed.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::core::DynamicObject;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::crd::{InventorySystem, InventorySystemStatus, Phase};
+use crate::metrics::Metrics;
+use crate::names::{self, Svc};
+use crate::resources::{self, BuildError, Desired, Kind, ObservedSecrets, WriteMode};
+use crate::status::{self, Blocker, ObservedWorkloads};
+
+/// Errors of a reconcile; each is retried with backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("building objects: {0}")]
+    Build(#[from] BuildError),
+    #[error("serialising an object: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+impl Error {
+    /// Low-cardinality label for the failure metric.
+    pub fn metric_reason(&self) -> String {
+        match self {
+            Error::Kube(kube::Error::Api(status)) if !status.reason.is_empty() => {
+                status.reason.clone()
+            }
+            Error::Kube(kube::Error::Api(_)) => "ApiError".into(),
+            Error::Kube(_) => "ApiUnreachable".into(),
+            Error::Build(_) => "BuildFailed".into(),
+            Error::Json(_) => "SerializationFailed".into(),
+        }
+    }
+}
+
+/// Shared state of the reconciler.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    /// Consecutive failures per object, for the exponential backoff.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    pub fn new(client: Client, metrics: Arc<Metrics>, instance: Option<String>) -> Self {
+        let reporter = Reporter {
+            controller: names::FIELD_MANAGER.into(),
+            instance,
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn failure_count(&self, key: &str, reset: bool) -> u32 {
+        let Ok(mut map) = self.failures.lock() else {
+            return 0;
+        };
+        if reset {
+            map.remove(key);
+            return 0;
+        }
+        let n = map.entry(key.to_owned()).or_insert(0);
+        *n = n.saturating_add(1);
+        *n
+    }
+}
+
+/// How often a healthy InventorySystem is looked at again (catches changes
+/// of external Secrets and drift the watches do not see).
+pub const RESYNC: Duration = Duration::from_secs(300);
+
+fn key(obj: &InventorySystem) -> String {
+    format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())
+}
+
+/// Backoff after `failures` consecutive failures: 5 s doubling to 5 min.
+pub fn backoff(failures: u32) -> Duration {
+    let exp = failures.saturating_sub(1).min(6);
+    Duration::from_secs((5u64 << exp).min(300))
+}
+
+/// Entry point used by the controller (and the tests).
+pub async fn reconcile(obj: Arc<InventorySystem>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let span = info_span!(
+        "reconcile",
+        name = %obj.name_any(),
+        namespace = %obj.namespace().unwrap_or_default(),
+        generation = obj.metadata.generation.unwrap_or_default(),
+    );
+    async move {
+        let started = Instant::now();
+        ctx.metrics.reconciles.inc();
+        let result = reconcile_inner(&obj, &ctx).await;
+        ctx.metrics.observe(started.elapsed());
+        match &result {
+            Ok(action) => {
+                ctx.failure_count(&key(&obj), true);
+                info!(
+                    ?action,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "reconciled"
+                );
+            }
+            Err(err) => {
+                ctx.metrics.failed(&err.metric_reason());
+                warn!(error = %err, "reconcile failed");
+                report_failure(&obj, &ctx, err).await;
+            }
+        }
+        result
+    }
+    .instrument(span)
+    .await
+}
+
+/// The controller's error policy: requeue with exponential backoff per object.
+pub fn error_policy(obj: Arc<InventorySystem>, _err: &Error, ctx: Arc<Context>) -> Action {
+    let n = ctx.failure_count(&key(&obj), false);
+    Action::requeue(backoff(n))
+}
+
+/// Best effort: a Warning event and `Degraded=True` on a failed reconcile.
+async fn report_failure(obj: &InventorySystem, ctx: &Context, err: &Error) {
+    let message = err.to_string();
+    publish(
+        ctx,
+        obj,
+        EventType::Warning,
+        "ReconcileFailed",
+        "Reconcile",
+        &message,
+    )
+    .await;
+    let status = status::with_failure(obj, &message, &status::now_rfc3339());
+    if obj.status.as_ref() != Some(&status)
+        && let Err(e) = patch_status(ctx, obj, &status).await
+    {
+        warn!(error = %e, "could not record the failure in the status");
+    }
+}
+
+async fn publish(
+    ctx: &Context,
+    obj: &InventorySystem,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: &str,
+) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(truncate(note, 1000)),
+        action: action.into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &obj.object_ref(&())).await {
+        warn!(error = %e, reason, "could not publish an event");
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+async fn patch_status(
+    ctx: &Context,
+    obj: &InventorySystem,
+    status: &InventorySystemStatus,
+) -> Result<(), kube::Error> {
+    let api: Api<InventorySystem> =
+        Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
+    let body = json!({
+        "apiVersion": InventorySystem::api_version(&()),
+        "kind": InventorySystem::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        &obj.name_any(),
+        &PatchParams::apply(names::FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await?;
+    Ok(())
+}
+
+/// What the lists of one reconcile found.
+#[derive(Default)]
+struct Observed {
+    objects: BTreeMap<(Kind, String), DynamicObject>,
+}
+
+impl Observed {
+    fn workloads(&self) -> ObservedWorkloads {
+        let mut w = ObservedWorkloads::default();
+        for ((kind, name), obj) in &self.objects {
+            match kind {
+                Kind::Deployment => {
+                    if let Ok(d) = obj.clone().try_parse() {
+                        w.deployments.insert(name.clone(), d);
+                    }
+                }
+                Kind::StatefulSet => {
+                    if let Ok(s) = obj.clone().try_parse() {
+                        w.statefulsets.insert(name.clone(), s);
+                    }
+                }
+                Kind::Ingress => w.ingress = obj.clone().try_parse().ok(),
+                _ => {}
+            }
+        }
+        w
+    }
+
+    fn secret_names(&self) -> BTreeSet<String> {
+        self.objects
+            .keys()
+            .filter(|(k, _)| *k == Kind::Secret)
+            .map(|(_, n)| n.clone())
+            .collect()
+    }
+}
+
+async fn observe(ctx: &Context, ns: &str, name: &str) -> Result<Observed, kube::Error> {
+    let mut observed = Observed::default();
+    let lp = ListParams::default().labels(&names::owned_selector(name));
+    for kind in Kind::ALL {
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(ctx.client.clone(), ns, &kind.api_resource());
+        for item in api.list(&lp).await?.items {
+            observed.objects.insert((kind, item.name_any()), item);
+        }
+    }
+    Ok(observed)
+}
+
+fn secret_string(secret: &Secret, key: &str) -> Option<String> {
+    let bytes = secret.data.as_ref()?.get(key)?;
+    String::from_utf8(bytes.0.clone())
+        .ok()
+        .filter(|s| !s.is_empty())
+}
+
+/// Reads the Secrets of external PostgreSQL/RabbitMQ. `Err(blocker)` when one
+/// is missing or incomplete.
+async fn external_secrets(
+    ctx: &Context,
+    obj: &InventorySystem,
+    ns: &str,
+    observed: &mut ObservedSecrets,
+) -> Result<Option<Blocker>, kube::Error> {
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    if let Some(ext) = &obj.spec.postgres.external {
+        let name = &ext.secret_ref.name;
+        match api.get_opt(name).await? {
+            None => {
+                return Ok(Some(Blocker::ExternalDatabaseSecret(format!(
+                    "Secret {name} (postgres.external.secretRef) not found"
+                ))));
+            }
+            Some(secret) => {
+                let mut missing = Vec::new();
+                for svc in Svc::ALL {
+                    match secret_string(&secret, svc.as_str()) {
+                        Some(url) => {
+                            observed
+                                .external_database_urls
+                                .insert(svc.as_str().to_owned(), url);
+                        }
+                        None => missing.push(svc.as_str()),
+                    }
+                }
+                if !missing.is_empty() {
+                    return Ok(Some(Blocker::ExternalDatabaseSecret(format!(
+                        "Secret {name} (postgres.external.secretRef) lacks the keys {}",
+                        missing.join(", ")
+                    ))));
+                }
+            }
+        }
+    }
+    if let Some(ext) = &obj.spec.rabbitmq.external {
+        let name = &ext.secret_ref.name;
+        match api.get_opt(name).await? {
+            None => {
+                return Ok(Some(Blocker::ExternalBrokerSecret(format!(
+                    "Secret {name} (rabbitmq.external.secretRef) not found"
+                ))));
+            }
+            Some(secret) => match secret_string(&secret, "url") {
+                Some(url) => observed.external_amqp_url = Some(url),
+                None => {
+                    return Ok(Some(Blocker::ExternalBrokerSecret(format!(
+                        "Secret {name} (rabbitmq.external.secretRef) lacks the key url"
+                    ))));
+                }
+            },
+        }
+    }
+    Ok(None)
+}
+
+/// Patches the status if it differs from the current one.
+async fn update_status(
+    ctx: &Context,
+    obj: &InventorySystem,
+    status: InventorySystemStatus,
+) -> Result<(), kube::Error> {
+    if obj.status.as_ref() == Some(&status) {
+        return Ok(());
+    }
+    let old_phase = obj.status.as_ref().and_then(|s| s.phase);
+    if old_phase != status.phase
+        && let Some(phase) = status.phase
+    {
+        info!(phase = phase.as_str(), "phase changed");
+        if phase == Phase::Ready {
+            publish(
+                ctx,
+                obj,
+                EventType::Normal,
+                "Ready",
+                "Reconcile",
+                "every component is ready",
+            )
+            .await;
+        }
+    }
+    patch_status(ctx, obj, &status).await
+}
+
+async fn reconcile_inner(obj: &InventorySystem, ctx: &Context) -> Result<Action, Error> {
+    let ns = obj.namespace().unwrap_or_default();
+    let name = obj.name_any();
+    let now = status::now_rfc3339();
+
+    // 1. Validate.
+    let problems = resources::validate(obj);
+    if !problems.is_empty() {
+        let message = problems.join("; ");
+        let st = status::compute(
+            obj,
+            &ObservedWorkloads::default(),
+            Some(&Blocker::InvalidSpec(message.clone())),
+            &now,
+        );
+        if obj.status.as_ref() != Some(&st) {
+            publish(
+                ctx,
+                obj,
+                EventType::Warning,
+                "InvalidSpec",
+                "Validate",
+                &message,
+            )
+            .await;
+            update_status(ctx, obj, st).await?;
+        }
+        // Nothing to retry: a spec change (new generation) triggers the next reconcile.
+        return Ok(Action::await_change());
+    }
+
+    // 2. Observe.
+    let observed = observe(ctx, &ns, &name).await?;
+    let mut secrets = ObservedSecrets {
+        existing: observed.secret_names(),
+        ..Default::default()
+    };
+    if let Some(blocker) = external_secrets(ctx, obj, &ns, &mut secrets).await? {
+        let message = match &blocker {
+            Blocker::ExternalDatabaseSecret(m) | Blocker::ExternalBrokerSecret(m) => m.clone(),
+            Blocker::InvalidSpec(m) => m.clone(),
+        };
+        let st = status::compute(obj, &observed.workloads(), Some(&blocker), &now);
+        if obj.status.as_ref() != Some(&st) {
+            publish(
+                ctx,
+                obj,
+                EventType::Warning,
+                "ExternalSecretInvalid",
+                "Validate",
+                &message,
+            )
+            .await;
+            update_status(ctx, obj, st).await?;
+        }
+        return Ok(Action::requeue(Duration::from_secs(30)));
+    }
+
+    // 3. Build.
+    let desired = resources::build_all(obj, &secrets)?;
+
+    // 4. Write what differs.
+    let mut created = Vec::new();
+    let mut updated = Vec::new();
+    for d in &desired {
+        match write(ctx, &ns, d, &observed).await? {
+            Written::Created => created.push(format!("{}/{}", d.kind.as_str(), d.name)),
+            Written::Updated => updated.push(format!("{}/{}", d.kind.as_str(), d.name)),
+            Written::Unchanged => {}
+        }
+    }
+    let mut wanted: BTreeSet<(Kind, String)> =
+        desired.iter().map(|d| (d.kind, d.name.clone())).collect();
+    // Generated Secrets that exist are not rebuilt, but they are still wanted.
+    wanted.extend(
+        resources::generated_secret_names(obj)
+            .into_iter()
+            .map(|n| (Kind::Secret, n)),
+    );
+    let uid = obj.metadata.uid.clone().unwrap_or_default();
+    let mut deleted = Vec::new();
+    for ((kind, child), o) in &observed.objects {
+        let owned_by_us = o
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|r| r.controller == Some(true) && r.uid == uid);
+        if owned_by_us && !wanted.contains(&(*kind, child.clone())) {
+            let api: Api<DynamicObject> =
+                Api::namespaced_with(ctx.client.clone(), &ns, &kind.api_resource());
+            api.delete(child, &DeleteParams::background()).await?;
+            ctx.metrics.wrote(kind.as_str(), "delete");
+            deleted.push(format!("{}/{child}", kind.as_str()));
+        }
+    }
+
+    // 5. Events.
+    if !created.is_empty() {
+        info!(objects = %created.join(","), "created");
+        publish(
+            ctx,
+            obj,
+            EventType::Normal,
+            "Created",
+            "Apply",
+            &format!("created {}", created.join(", ")),
+        )
+        .await;
+    }
+    if !updated.is_empty() {
+        info!(objects = %updated.join(","), "updated");
+        publish(
+            ctx,
+            obj,
+            EventType::Normal,
+            "Updated",
+            "Apply",
+            &format!("updated {}", updated.join(", ")),
+        )
+        .await;
+    }
+    if !deleted.is_empty() {
+        info!(objects = %deleted.join(","), "deleted");
+        publish(
+            ctx,
+            obj,
+            EventType::Normal,
+            "Deleted",
+            "Prune",
+            &format!("deleted {}", deleted.join(", ")),
+        )
+        .await;
+    }
+
+    // 6. Status.
+    let st = status::compute(obj, &observed.workloads(), None, &now);
+    update_status(ctx, obj, st).await?;
+    Ok(Action::requeue(RESYNC))
+}
+
+enum Written {
+    Created,
+    Updated,
+    Unchanged,
+}
+
+async fn write(
+    ctx: &Context,
+    ns: &str,
+    d: &Desired,
+    observed: &Observed,
+) -> Result<Written, Error> {
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(ctx.client.clone(), ns, &d.kind.api_resource());
+    let current = observed.objects.get(&(d.kind, d.name.clone()));
+    match d.mode {
+        WriteMode::CreateOnce => {
+            if current.is_some() {
+                return Ok(Written::Unchanged);
+            }
+            let pp = PostParams {
+                field_manager: Some(names::FIELD_MANAGER.into()),
+                ..Default::default()
+            };
+            match api.create(&pp, &d.to_dynamic()?).await {
+                Ok(_) => {
+                    ctx.metrics.wrote(d.kind.as_str(), "create");
+                    Ok(Written::Created)
+                }
+                // Created concurrently: keep what exists, never overwrite.
+                Err(kube::Error::Api(s)) if s.is_already_exists() => Ok(Written::Unchanged),
+                Err(e) => Err(e.into()),
+            }
+        }
+        WriteMode::Apply => {
+            let want = d
+                .object
+                .pointer("/metadata/annotations")
+                .and_then(|a| a.get(names::APPLIED_HASH_ANNOTATION))
+                .and_then(|v| v.as_str());
+            let have = current.and_then(|c| c.annotations().get(names::APPLIED_HASH_ANNOTATION));
+            if want.is_some() && want == have.map(String::as_str) {
+                return Ok(Written::Unchanged);
+            }
+            api.patch(
+                &d.name,
+                &PatchParams::apply(names::FIELD_MANAGER).force(),
+                &Patch::Apply(&d.object),
+            )
+            .await?;
+            let action = if current.is_some() {
+                "update"
+            } else {
+                "create"
+            };
+            ctx.metrics.wrote(d.kind.as_str(), action);
+            Ok(if current.is_some() {
+                Written::Updated
+            } else {
+                Written::Created
+            })
+        }
+    }
+}

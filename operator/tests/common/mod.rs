@@ -1,0 +1,373 @@
+//! A stateful fake Kubernetes API server on `tower-test` (in the spirit of
+//! kube-rs/controller-rs `fixtures.rs`): it answers list/get/create/apply/
+//! delete from an in-memory store, records every call with its body, and
+//! checks every call against the operator's RBAC rules.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use http::{Method, Request, Response, StatusCode};
+use kube::Client;
+use kube::client::Body;
+use serde_json::{Value, json};
+use stockmesh_operator::InventorySystem;
+use stockmesh_operator::rbac;
+
+pub const NS: &str = "default";
+pub const UID: &str = "5f0c2b1e-0000-4000-8000-000000000001";
+
+#[derive(Clone, Debug)]
+pub struct Call {
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub body: Option<Value>,
+}
+
+impl Call {
+    /// `METHOD path` — what the tests compare sequences on.
+    pub fn line(&self) -> String {
+        format!("{} {}", self.method, self.path)
+    }
+    pub fn is_write(&self) -> bool {
+        self.method != "GET"
+    }
+}
+
+/// The parsed target of a request.
+struct Target {
+    group: String,
+    resource: String,
+    collection: String,
+    name: Option<String>,
+    status: bool,
+}
+
+fn parse_path(path: &str) -> Option<Target> {
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let (group, rest) = match parts.as_slice() {
+        ["api", "v1", rest @ ..] => (String::new(), rest),
+        ["apis", group, _version, rest @ ..] => ((*group).to_owned(), rest),
+        _ => return None,
+    };
+    match rest {
+        ["namespaces", _ns, resource, tail @ ..] => {
+            let collection = path
+                .split(&format!("/{resource}"))
+                .next()
+                .map(|p| format!("{p}/{resource}"))?;
+            Some(Target {
+                group,
+                resource: (*resource).to_owned(),
+                collection,
+                name: tail.first().map(|s| (*s).to_owned()),
+                status: tail.get(1) == Some(&"status"),
+            })
+        }
+        _ => None,
+    }
+}
+
+#[derive(Default)]
+pub struct State {
+    /// collection path -> name -> object
+    pub objects: BTreeMap<String, BTreeMap<String, Value>>,
+    pub calls: Vec<Call>,
+    pub rbac_violations: Vec<String>,
+    /// `METHOD path` prefixes that answer 403 Forbidden.
+    pub forbidden: Vec<String>,
+    counter: u64,
+}
+
+impl State {
+    pub fn insert(&mut self, collection: &str, obj: Value) {
+        let name = obj["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        self.objects
+            .entry(collection.to_owned())
+            .or_default()
+            .insert(name, obj);
+    }
+
+    pub fn get(&self, collection: &str, name: &str) -> Option<&Value> {
+        self.objects.get(collection)?.get(name)
+    }
+
+    pub fn get_mut(&mut self, collection: &str, name: &str) -> Option<&mut Value> {
+        self.objects.get_mut(collection)?.get_mut(name)
+    }
+
+    pub fn names(&self, collection: &str) -> Vec<String> {
+        self.objects
+            .get(collection)
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn check_rbac(&mut self, t: &Target, verb: &str) {
+        let resource = if t.status {
+            format!("{}/status", t.resource)
+        } else {
+            t.resource.clone()
+        };
+        if !rbac::allows(&t.group, &resource, verb) {
+            self.rbac_violations
+                .push(format!("{verb} {}/{resource}", t.group));
+        }
+    }
+
+    fn handle(
+        &mut self,
+        method: &Method,
+        path: &str,
+        query: &str,
+        body: &[u8],
+    ) -> (StatusCode, Value) {
+        let body_json: Option<Value> = serde_json::from_slice(body).ok();
+        self.calls.push(Call {
+            method: method.to_string(),
+            path: path.to_owned(),
+            query: query.to_owned(),
+            body: body_json.clone(),
+        });
+        let line = format!("{method} {path}");
+        if self.forbidden.iter().any(|f| line.starts_with(f.as_str())) {
+            return status(StatusCode::FORBIDDEN, "Forbidden", "forbidden by the test");
+        }
+        let Some(t) = parse_path(path) else {
+            return status(StatusCode::NOT_FOUND, "NotFound", "unknown path");
+        };
+        self.counter += 1;
+        let rv = self.counter.to_string();
+        match (method.clone(), &t.name) {
+            (Method::GET, None) => {
+                self.check_rbac(
+                    &t,
+                    if query.contains("watch=true") {
+                        "watch"
+                    } else {
+                        "list"
+                    },
+                );
+                let items: Vec<Value> = self
+                    .objects
+                    .get(&t.collection)
+                    .map(|m| m.values().cloned().collect())
+                    .unwrap_or_default();
+                (
+                    StatusCode::OK,
+                    json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": rv}, "items": items}),
+                )
+            }
+            (Method::GET, Some(name)) => {
+                self.check_rbac(&t, "get");
+                match self.get(&t.collection, name) {
+                    Some(o) => (StatusCode::OK, o.clone()),
+                    None => status(
+                        StatusCode::NOT_FOUND,
+                        "NotFound",
+                        &format!("{name} not found"),
+                    ),
+                }
+            }
+            (Method::POST, None) => {
+                self.check_rbac(&t, "create");
+                let mut obj = body_json.unwrap_or(Value::Null);
+                let name = obj["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                if self.get(&t.collection, &name).is_some() {
+                    return status(
+                        StatusCode::CONFLICT,
+                        "AlreadyExists",
+                        &format!("{name} already exists"),
+                    );
+                }
+                obj["metadata"]["resourceVersion"] = json!(rv);
+                self.insert(&t.collection, obj.clone());
+                (StatusCode::CREATED, obj)
+            }
+            (Method::PATCH, Some(name)) if t.status => {
+                self.check_rbac(&t, "patch");
+                let Some(current) = self.get_mut(&t.collection, name) else {
+                    return status(StatusCode::NOT_FOUND, "NotFound", "no such object");
+                };
+                if let Some(st) = body_json.as_ref().and_then(|b| b.get("status")) {
+                    current["status"] = st.clone();
+                }
+                (StatusCode::OK, current.clone())
+            }
+            (Method::PATCH, Some(name)) => {
+                self.check_rbac(&t, "patch");
+                let mut obj = body_json.unwrap_or(Value::Null);
+                let existing = self.get(&t.collection, name).cloned();
+                if existing.is_none() {
+                    // Server-side apply creating an object is authorised as create too.
+                    self.check_rbac(&t, "create");
+                }
+                if let Some(st) = existing.as_ref().and_then(|e| e.get("status")) {
+                    obj["status"] = st.clone();
+                }
+                obj["metadata"]["resourceVersion"] = json!(rv);
+                self.insert(&t.collection, obj.clone());
+                (StatusCode::OK, obj)
+            }
+            (Method::DELETE, Some(name)) => {
+                self.check_rbac(&t, "delete");
+                let removed = self
+                    .objects
+                    .get_mut(&t.collection)
+                    .and_then(|m| m.remove(name));
+                match removed {
+                    Some(_) => status(StatusCode::OK, "", "deleted"),
+                    None => status(StatusCode::NOT_FOUND, "NotFound", "no such object"),
+                }
+            }
+            _ => status(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowed",
+                "unsupported",
+            ),
+        }
+    }
+}
+
+fn status(code: StatusCode, reason: &str, message: &str) -> (StatusCode, Value) {
+    let ok = code.is_success();
+    (
+        code,
+        json!({
+            "apiVersion": "v1",
+            "kind": "Status",
+            "metadata": {},
+            "status": if ok { "Success" } else { "Failure" },
+            "reason": reason,
+            "message": message,
+            "code": code.as_u16(),
+        }),
+    )
+}
+
+/// A fake API server and a kube `Client` talking to it.
+pub struct Fake {
+    pub state: Arc<Mutex<State>>,
+}
+
+impl Fake {
+    pub fn new() -> Self {
+        Self {
+            state: Arc::new(Mutex::new(State::default())),
+        }
+    }
+
+    /// A client whose requests this fake answers (until the client is dropped).
+    pub fn client(&self) -> (Client, tokio::task::JoinHandle<()>) {
+        let (mock, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let state = self.state.clone();
+        let server = tokio::spawn(async move {
+            while let Some((request, send)) = handle.next_request().await {
+                let (parts, body) = request.into_parts();
+                let bytes = body.collect_bytes().await.unwrap_or_default();
+                let (code, value) = {
+                    let mut st = state.lock().expect("state lock");
+                    st.handle(
+                        &parts.method,
+                        parts.uri.path(),
+                        parts.uri.query().unwrap_or_default(),
+                        &bytes,
+                    )
+                };
+                let response = Response::builder()
+                    .status(code)
+                    .header("content-type", "application/json")
+                    .body(Body::from(serde_json::to_vec(&value).unwrap_or_default()))
+                    .expect("response");
+                send.send_response(response);
+            }
+        });
+        (Client::new(mock, NS), server)
+    }
+
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("state lock")
+    }
+
+    /// Calls recorded so far, and clears them.
+    pub fn take_calls(&self) -> Vec<Call> {
+        std::mem::take(&mut self.lock().calls)
+    }
+}
+
+pub fn coll(group_version: &str, resource: &str) -> String {
+    if group_version == "v1" {
+        format!("/api/v1/namespaces/{NS}/{resource}")
+    } else {
+        format!("/apis/{group_version}/namespaces/{NS}/{resource}")
+    }
+}
+
+pub fn cr_collection() -> String {
+    coll("stockmesh.io/v1alpha1", "inventorysystems")
+}
+
+/// An InventorySystem as the API server would hand it to the controller.
+pub fn system(name: &str, spec: Value, generation: i64) -> InventorySystem {
+    serde_json::from_value(json!({
+        "apiVersion": "stockmesh.io/v1alpha1",
+        "kind": "InventorySystem",
+        "metadata": {"name": name, "namespace": NS, "uid": UID, "generation": generation},
+        "spec": spec,
+    }))
+    .expect("valid InventorySystem")
+}
+
+/// The workspace root (where `scripts/` and `k8s/` live).
+pub fn repo_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("operator/ has a parent")
+        .to_path_buf()
+}
+
+/// Path of a checking tool installed by `scripts/tools.sh` (which installs
+/// it on first use). Fails the test, loudly, when it cannot be had.
+pub fn tool(name: &str) -> std::path::PathBuf {
+    static BIN: std::sync::OnceLock<Result<std::path::PathBuf, String>> =
+        std::sync::OnceLock::new();
+    let bin = BIN.get_or_init(|| {
+        let script = repo_root().join("scripts/tools.sh");
+        let out = std::process::Command::new("bash")
+            .arg(&script)
+            .output()
+            .map_err(|e| format!("running {}: {e}", script.display()))?;
+        if !out.status.success() {
+            return Err(format!(
+                "{} failed:\n{}",
+                script.display(),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(std::path::PathBuf::from(
+            String::from_utf8_lossy(&out.stdout).trim(),
+        ))
+    });
+    match bin {
+        Ok(dir) => {
+            let path = dir.join(name);
+            assert!(
+                path.exists(),
+                "{name} is missing from {} after scripts/tools.sh; this check cannot be skipped",
+                dir.display()
+            );
+            path
+        }
+        Err(e) => {
+            panic!("the checking tools are not available ({e}); this check cannot be skipped")
+        }
+    }
+}

@@ -1,0 +1,657 @@
+//! Every object the builders produce for the example resources: valid
+//! Kubernetes 1.33 and 1.37 objects (`kubernetes-validate --strict`), the
+//! restricted Pod Security rules, and the deployment contract.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::process::Command;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use common::{repo_root, tool};
+use serde_json::Value;
+use stockmesh_operator::render::{RenderOptions, render_objects};
+use stockmesh_operator::{Desired, Kind};
+
+const SVCS: [&str; 5] = ["user", "product", "inventory", "order", "notification"];
+
+fn example(name: &str) -> String {
+    let path = repo_root().join("k8s/examples").join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn render(name: &str) -> Vec<Desired> {
+    render_objects(&example(name), &RenderOptions::default()).expect("renders")
+}
+
+fn find<'a>(objs: &'a [Desired], kind: Kind, name: &str) -> &'a Value {
+    &objs
+        .iter()
+        .find(|d| d.kind == kind && d.name == name)
+        .unwrap_or_else(|| panic!("{kind:?}/{name} not rendered"))
+        .object
+}
+
+fn kubernetes_validate(label: &str, objs: &[Desired]) {
+    let dir = std::env::temp_dir().join(format!(
+        "stockmesh-operator-validate-{}-{label}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let file = dir.join("objects.yaml");
+    let mut yaml = String::new();
+    for d in objs {
+        yaml.push_str("---\n");
+        yaml.push_str(&serde_yaml::to_string(&d.object).expect("yaml"));
+    }
+    std::fs::write(&file, yaml).expect("write");
+    let exe = tool("kubernetes-validate");
+    for version in ["1.33.0", "1.37.0"] {
+        let out = Command::new(&exe)
+            .args(["--strict", "--quiet", "-k", version])
+            .arg(&file)
+            .output()
+            .expect("run kubernetes-validate");
+        assert!(
+            out.status.success(),
+            "{label}: objects are invalid for Kubernetes {version}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn every_object_is_valid_for_kubernetes_1_33_and_1_37() {
+    for ex in ["minimal.yaml", "full.yaml", "external-database.yaml"] {
+        let objs = render(ex);
+        assert!(objs.len() > 25, "{ex}: only {} objects", objs.len());
+        kubernetes_validate(ex.trim_end_matches(".yaml"), &objs);
+    }
+}
+
+#[test]
+fn the_validator_really_rejects_invalid_objects() {
+    // Guard against a validator that passes everything.
+    let mut objs = render("minimal.yaml");
+    let d = objs
+        .iter_mut()
+        .find(|d| d.kind == Kind::Deployment)
+        .expect("deployment");
+    d.object["spec"]["template"]["spec"]["containers"][0]["notAField"] = Value::Bool(true);
+    let dir = std::env::temp_dir().join(format!(
+        "stockmesh-operator-negative-{}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let file = dir.join("bad.yaml");
+    std::fs::write(&file, serde_yaml::to_string(&d.object).expect("yaml")).expect("write");
+    let out = Command::new(tool("kubernetes-validate"))
+        .args(["--strict", "--quiet", "-k", "1.33.0"])
+        .arg(&file)
+        .output()
+        .expect("run");
+    assert!(
+        !out.status.success(),
+        "an unknown field must fail --strict validation"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn pod_templates(objs: &[Desired]) -> Vec<(&str, &Value)> {
+    objs.iter()
+        .filter(|d| matches!(d.kind, Kind::Deployment | Kind::StatefulSet))
+        .map(|d| (d.name.as_str(), &d.object["spec"]["template"]["spec"]))
+        .collect()
+}
+
+#[test]
+fn every_pod_meets_the_restricted_pod_security_standard() {
+    for ex in ["minimal.yaml", "full.yaml", "external-database.yaml"] {
+        let objs = render(ex);
+        let pods = pod_templates(&objs);
+        assert!(pods.len() >= 5);
+        for (name, pod) in pods {
+            let psc = &pod["securityContext"];
+            assert_eq!(psc["runAsNonRoot"], true, "{name}");
+            assert!(psc["runAsUser"].as_i64().is_some_and(|u| u > 0), "{name}");
+            assert_eq!(psc["seccompProfile"]["type"], "RuntimeDefault", "{name}");
+            assert_eq!(pod["automountServiceAccountToken"], false, "{name}");
+            for forbidden in ["hostNetwork", "hostPID", "hostIPC"] {
+                assert!(pod.get(forbidden).is_none(), "{name}: {forbidden}");
+            }
+            for v in pod["volumes"].as_array().into_iter().flatten() {
+                assert!(v.get("hostPath").is_none(), "{name}: hostPath volume");
+            }
+            let containers = pod["containers"].as_array().expect("containers");
+            let init = pod["initContainers"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            for c in containers.iter().chain(init.iter()) {
+                let sc = &c["securityContext"];
+                assert_eq!(sc["allowPrivilegeEscalation"], false, "{name}");
+                assert_eq!(sc["readOnlyRootFilesystem"], true, "{name}");
+                assert_eq!(sc["privileged"], false, "{name}");
+                assert_eq!(
+                    sc["capabilities"]["drop"],
+                    serde_json::json!(["ALL"]),
+                    "{name}"
+                );
+                assert!(sc["capabilities"].get("add").is_none(), "{name}");
+                assert!(c["resources"]["requests"].is_object(), "{name}: requests");
+                assert!(
+                    c["resources"]["limits"]["memory"].is_string(),
+                    "{name}: memory limit"
+                );
+                for probe in ["startupProbe", "livenessProbe", "readinessProbe"] {
+                    assert!(c[probe].is_object(), "{name}: {probe}");
+                }
+            }
+        }
+    }
+}
+
+fn env_names(deploy: &Value) -> Vec<String> {
+    deploy["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .expect("env")
+        .iter()
+        .map(|e| e["name"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+fn env<'a>(deploy: &'a Value, name: &str) -> &'a Value {
+    deploy["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .and_then(|e| e.iter().find(|v| v["name"] == name))
+        .unwrap_or_else(|| panic!("env {name}"))
+}
+
+#[test]
+fn deployments_follow_the_deployment_contract() {
+    let objs = render("full.yaml");
+    for svc in SVCS {
+        let d = find(&objs, Kind::Deployment, &format!("shop-{svc}"));
+        let pod = &d["spec"]["template"]["spec"];
+        let c = &pod["containers"][0];
+        assert_eq!(c["image"], format!("ghcr.io/stockmesh/{svc}:0.1.0"));
+        assert_eq!(pod["terminationGracePeriodSeconds"], 30);
+        assert_eq!(pod["securityContext"]["runAsUser"], 65532);
+        assert_eq!(pod["securityContext"]["fsGroup"], 65532);
+        let ports: Vec<(String, i64)> = c["ports"]
+            .as_array()
+            .expect("ports")
+            .iter()
+            .map(|p| {
+                (
+                    p["name"].as_str().unwrap_or_default().to_owned(),
+                    p["containerPort"].as_i64().unwrap_or(0),
+                )
+            })
+            .collect();
+        let grpc = svc == "product" || svc == "inventory";
+        let mut want = vec![("http".to_owned(), 8080)];
+        if grpc {
+            want.push(("grpc".to_owned(), 50051));
+        }
+        assert_eq!(ports, want, "{svc}");
+        // Probes.
+        assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+        assert_eq!(c["livenessProbe"]["periodSeconds"], 10);
+        assert_eq!(c["livenessProbe"]["failureThreshold"], 3);
+        if svc == "inventory" {
+            for p in ["startupProbe", "readinessProbe"] {
+                assert_eq!(c[p]["grpc"]["port"], 50051, "{p}");
+                assert_eq!(c[p]["grpc"]["service"], "", "{p}");
+            }
+        } else {
+            assert_eq!(c["startupProbe"]["httpGet"]["path"], "/healthz");
+            assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+        }
+        assert_eq!(c["startupProbe"]["periodSeconds"], 2);
+        assert_eq!(c["startupProbe"]["failureThreshold"], 30);
+        assert_eq!(c["readinessProbe"]["periodSeconds"], 5);
+        assert_eq!(c["readinessProbe"]["failureThreshold"], 2);
+        // Environment.
+        let names = env_names(d);
+        for common in [
+            "HTTP_ADDR",
+            "LOG_FORMAT",
+            "RUST_LOG",
+            "DATABASE_URL",
+            "SHUTDOWN_GRACE_MS",
+            "REQUEST_TIMEOUT_MS",
+            "POD_NAME",
+            "POD_NAMESPACE",
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "OTEL_TRACES_SAMPLER",
+            "OTEL_TRACES_SAMPLER_ARG",
+            "OTEL_RESOURCE_ATTRIBUTES",
+            "DEPLOYMENT_ENVIRONMENT",
+        ] {
+            assert!(names.iter().any(|n| n == common), "{svc}: {common}");
+        }
+        assert_eq!(
+            names.iter().any(|n| n == "GRPC_ADDR"),
+            grpc,
+            "{svc}: GRPC_ADDR"
+        );
+        // $(POD_NAME) only expands if POD_NAME comes first.
+        let pos = |n: &str| names.iter().position(|x| x == n).expect("present");
+        assert!(pos("POD_NAME") < pos("OTEL_RESOURCE_ATTRIBUTES"));
+        assert_eq!(
+            env(d, "OTEL_RESOURCE_ATTRIBUTES")["value"],
+            "k8s.pod.name=$(POD_NAME),k8s.namespace.name=$(POD_NAMESPACE)"
+        );
+        assert_eq!(
+            env(d, "DATABASE_URL")["valueFrom"]["secretKeyRef"],
+            serde_json::json!({"name": format!("shop-{svc}-db"), "key": "url"})
+        );
+        assert_eq!(
+            env(d, "RUST_LOG")["valueFrom"]["configMapKeyRef"]["name"],
+            "shop-config"
+        );
+        assert_eq!(env(d, "SHUTDOWN_GRACE_MS")["value"], "20000");
+        assert_eq!(
+            env(d, "OTEL_TRACES_SAMPLER")["value"],
+            "parentbased_traceidratio"
+        );
+        let jwt = svc != "inventory";
+        assert_eq!(
+            names.iter().any(|n| n == "JWT_PUBLIC_KEY_FILE"),
+            jwt,
+            "{svc}"
+        );
+        assert_eq!(
+            names.iter().any(|n| n == "JWT_PRIVATE_KEY_FILE"),
+            svc == "user",
+            "{svc}"
+        );
+        assert_eq!(
+            names.iter().any(|n| n == "AMQP_URL"),
+            svc == "order" || svc == "notification",
+            "{svc}"
+        );
+        assert_eq!(
+            names.iter().any(|n| n == "INVENTORY_GRPC_URL"),
+            svc == "order" || svc == "product",
+            "{svc}"
+        );
+        assert_eq!(
+            names.iter().any(|n| n == "PRODUCT_GRPC_URL"),
+            svc == "order",
+            "{svc}"
+        );
+        let mounts = c["volumeMounts"].as_array().expect("mounts");
+        assert_eq!(
+            mounts
+                .iter()
+                .any(|m| m["mountPath"] == "/etc/stockmesh/jwt" && m["readOnly"] == true),
+            jwt,
+            "{svc}"
+        );
+        assert!(
+            d["spec"]["template"]["metadata"]["annotations"]["stockmesh.io/config-hash"]
+                .is_string()
+        );
+    }
+    let user = find(&objs, Kind::Deployment, "shop-user");
+    assert_eq!(
+        env(user, "AUTH_COOKIE_SECURE")["value"],
+        "true",
+        "TLS on the Ingress"
+    );
+    assert_eq!(
+        env(user, "STOCKMESH_ADMIN_PASSWORD")["valueFrom"]["secretKeyRef"]["name"],
+        "shop-admin"
+    );
+    let order = find(&objs, Kind::Deployment, "shop-order");
+    assert_eq!(
+        env(order, "PRODUCT_GRPC_URL")["value"],
+        "http://shop-product-grpc:50051"
+    );
+    assert_eq!(
+        env(order, "INVENTORY_GRPC_URL")["value"],
+        "http://shop-inventory-grpc:50051"
+    );
+    assert_eq!(
+        env(order, "AMQP_URL")["valueFrom"]["secretKeyRef"],
+        serde_json::json!({"name": "shop-rabbitmq", "key": "url"})
+    );
+    // Only the user service can read the private key.
+    let product = find(&objs, Kind::Deployment, "shop-product");
+    let vols = product["spec"]["template"]["spec"]["volumes"].to_string();
+    assert!(!vols.contains("private.pem"));
+    // Tracing off: no endpoint variable at all.
+    let minimal = render("minimal.yaml");
+    let user = find(&minimal, Kind::Deployment, "shop-user");
+    assert!(
+        !env_names(user)
+            .iter()
+            .any(|n| n == "OTEL_EXPORTER_OTLP_ENDPOINT")
+    );
+    assert_eq!(env(user, "AUTH_COOKIE_SECURE")["value"], "false");
+    assert_eq!(user["spec"]["replicas"], 2, "default replicas");
+}
+
+#[test]
+fn services_ingress_and_pdbs_follow_the_contract() {
+    let objs = render("full.yaml");
+    for svc in SVCS {
+        let s = find(&objs, Kind::Service, &format!("shop-{svc}"));
+        assert_eq!(s["spec"]["type"], "ClusterIP");
+        assert_eq!(s["spec"]["ports"][0]["name"], "http");
+        assert_eq!(s["spec"]["ports"][0]["port"], 8080);
+        let pdb = find(&objs, Kind::PodDisruptionBudget, &format!("shop-{svc}"));
+        assert_eq!(pdb["spec"]["maxUnavailable"], 1);
+        assert_eq!(
+            pdb["spec"]["selector"]["matchLabels"],
+            find(&objs, Kind::Deployment, &format!("shop-{svc}"))["spec"]["selector"]["matchLabels"]
+        );
+    }
+    for svc in ["product", "inventory"] {
+        let s = find(&objs, Kind::Service, &format!("shop-{svc}-grpc"));
+        assert_eq!(s["spec"]["clusterIP"], "None");
+        assert_eq!(
+            s["spec"]["ports"],
+            serde_json::json!([{"name": "grpc", "port": 50051, "targetPort": "grpc", "protocol": "TCP", "appProtocol": "grpc"}])
+        );
+        assert_eq!(
+            find(&objs, Kind::Service, &format!("shop-{svc}"))["spec"]["ports"][1]["port"],
+            50051
+        );
+    }
+    let ing = find(&objs, Kind::Ingress, "shop");
+    assert_eq!(ing["spec"]["ingressClassName"], "nginx");
+    assert_eq!(ing["spec"]["tls"][0]["secretName"], "shop-example-com-tls");
+    let paths: Vec<(String, String, String)> = ing["spec"]["rules"][0]["http"]["paths"]
+        .as_array()
+        .expect("paths")
+        .iter()
+        .map(|p| {
+            (
+                p["path"].as_str().unwrap_or_default().to_owned(),
+                p["pathType"].as_str().unwrap_or_default().to_owned(),
+                p["backend"]["service"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+        })
+        .collect();
+    let want: Vec<(String, String, String)> = [
+        ("/api/users", "shop-user"),
+        ("/api/products", "shop-product"),
+        ("/api/orders", "shop-order"),
+        ("/api/notifications", "shop-notification"),
+    ]
+    .iter()
+    .map(|(p, s)| ((*p).to_owned(), "Prefix".to_owned(), (*s).to_owned()))
+    .collect();
+    assert_eq!(paths, want);
+    assert!(
+        render("minimal.yaml")
+            .iter()
+            .all(|d| d.kind != Kind::Ingress),
+        "Ingress off by default"
+    );
+}
+
+fn peers(rule: &Value) -> BTreeSet<String> {
+    rule["from"]
+        .as_array()
+        .or_else(|| rule["to"].as_array())
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            p["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
+                .as_str()
+                .map(|c| format!("pod:{c}"))
+                .or_else(|| {
+                    p["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+                        .as_str()
+                        .map(|n| format!("ns:{n}"))
+                })
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+fn ports(rule: &Value) -> BTreeSet<String> {
+    rule["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            format!(
+                "{}/{}",
+                p["protocol"].as_str().unwrap_or_default(),
+                p["port"]
+            )
+        })
+        .collect()
+}
+
+/// (peers, ports) of each rule of a direction.
+fn edges(np: &Value, dir: &str) -> Vec<(BTreeSet<String>, BTreeSet<String>)> {
+    np["spec"][dir]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| (peers(r), ports(r)))
+        .collect()
+}
+
+fn set(items: &[&str]) -> BTreeSet<String> {
+    items.iter().map(|s| (*s).to_owned()).collect()
+}
+
+#[test]
+fn network_policies_allow_only_the_contract_edges() {
+    let objs = render("minimal.yaml");
+    let np = |n: &str| find(&objs, Kind::NetworkPolicy, n);
+    for n in [
+        "shop-user",
+        "shop-product",
+        "shop-inventory",
+        "shop-order",
+        "shop-notification",
+        "shop-postgres",
+        "shop-rabbitmq",
+    ] {
+        assert_eq!(
+            np(n)["spec"]["policyTypes"],
+            serde_json::json!(["Ingress", "Egress"]),
+            "{n}"
+        );
+    }
+    // Ingress controller and Prometheus -> HTTP; inventory is not public.
+    assert_eq!(
+        edges(np("shop-user"), "ingress"),
+        vec![(
+            set(&["ns:ingress-nginx", "ns:monitoring"]),
+            set(&["TCP/8080"])
+        )]
+    );
+    assert_eq!(
+        edges(np("shop-inventory"), "ingress"),
+        vec![
+            (set(&["ns:monitoring"]), set(&["TCP/8080"])),
+            (set(&["pod:product", "pod:order"]), set(&["TCP/50051"]))
+        ]
+    );
+    assert_eq!(
+        edges(np("shop-product"), "ingress")[1],
+        (set(&["pod:order"]), set(&["TCP/50051"]))
+    );
+    assert_eq!(
+        edges(np("shop-order"), "ingress").len(),
+        1,
+        "nothing calls order over gRPC"
+    );
+    assert_eq!(
+        edges(np("shop-postgres"), "ingress"),
+        vec![(
+            set(&[
+                "pod:user",
+                "pod:product",
+                "pod:inventory",
+                "pod:order",
+                "pod:notification"
+            ]),
+            set(&["TCP/5432"])
+        )]
+    );
+    assert_eq!(
+        edges(np("shop-rabbitmq"), "ingress"),
+        vec![(set(&["pod:order", "pod:notification"]), set(&["TCP/5672"]))]
+    );
+    // Egress of order: DNS, OTLP, PostgreSQL, RabbitMQ, product and inventory gRPC.
+    assert_eq!(
+        edges(np("shop-order"), "egress"),
+        vec![
+            (set(&[]), set(&["UDP/53", "TCP/53"])),
+            (set(&[]), set(&["TCP/4317"])),
+            (set(&["pod:postgres"]), set(&["TCP/5432"])),
+            (set(&["pod:rabbitmq"]), set(&["TCP/5672"])),
+            (set(&["pod:product"]), set(&["TCP/50051"])),
+            (set(&["pod:inventory"]), set(&["TCP/50051"])),
+        ]
+    );
+    assert_eq!(
+        edges(np("shop-user"), "egress").len(),
+        3,
+        "user: DNS, OTLP, PostgreSQL only"
+    );
+}
+
+#[test]
+fn stores_are_statefulsets_with_volumes_probes_and_init_script() {
+    let objs = render("full.yaml");
+    let pg = find(&objs, Kind::StatefulSet, "shop-postgres");
+    assert_eq!(pg["spec"]["serviceName"], "shop-postgres-headless");
+    assert_eq!(
+        pg["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"],
+        "20Gi"
+    );
+    assert_eq!(
+        pg["spec"]["volumeClaimTemplates"][0]["spec"]["storageClassName"],
+        "standard"
+    );
+    assert_eq!(
+        pg["spec"]["persistentVolumeClaimRetentionPolicy"]["whenDeleted"],
+        "Retain"
+    );
+    let mq = find(&objs, Kind::StatefulSet, "shop-rabbitmq");
+    assert_eq!(
+        mq["spec"]["persistentVolumeClaimRetentionPolicy"]["whenDeleted"], "Delete",
+        "keepVolumes: false"
+    );
+    assert_eq!(
+        find(&objs, Kind::Service, "shop-postgres-headless")["spec"]["clusterIP"],
+        "None"
+    );
+    // The init script reads passwords from env vars sourced from the Secrets.
+    let env = pg["spec"]["template"]["spec"]["containers"][0]["env"].to_string();
+    for svc in SVCS {
+        assert!(env.contains(&format!("STOCKMESH_{}_DB_PASSWORD", svc.to_uppercase())));
+        assert!(env.contains(&format!("shop-{svc}-db")));
+    }
+    let init = find(&objs, Kind::ConfigMap, "shop-postgres-init");
+    let script = init["data"]["10-stockmesh-databases.sh"]
+        .as_str()
+        .expect("script");
+    assert!(script.contains("CREATE ROLE :\"role\" LOGIN PASSWORD :'pw'"));
+    assert!(script.contains("CREATE DATABASE :\"role\" OWNER :\"role\""));
+}
+
+#[test]
+fn secrets_are_generated_never_in_config_maps_and_everything_is_owned() {
+    let objs = render("full.yaml");
+    let mut secret_values = Vec::new();
+    for d in objs.iter().filter(|d| d.kind == Kind::Secret) {
+        for v in d.object["data"].as_object().expect("data").values() {
+            let s = String::from_utf8(STANDARD.decode(v.as_str().expect("b64")).expect("b64"))
+                .expect("utf8");
+            // Usernames and database names are not secret; passwords, URLs and keys are.
+            if s.len() >= 20 {
+                secret_values.push(s);
+            }
+        }
+    }
+    assert!(secret_values.len() >= 15, "{}", secret_values.len());
+    for d in objs.iter().filter(|d| d.kind == Kind::ConfigMap) {
+        let text = d.object.to_string();
+        for pw in &secret_values {
+            assert!(
+                !text.contains(pw.as_str()),
+                "a secret value is in ConfigMap {}",
+                d.name
+            );
+        }
+    }
+    // Two renders: new random credentials, identical everything else.
+    let again = render("full.yaml");
+    let names = |o: &[Desired]| {
+        o.iter()
+            .map(|d| format!("{:?}/{}", d.kind, d.name))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(names(&objs), names(&again), "deterministic names");
+    for (a, b) in objs.iter().zip(&again) {
+        if a.kind == Kind::Secret {
+            assert_ne!(a.object["data"], b.object["data"], "{} regenerated", a.name);
+        } else {
+            assert_eq!(
+                a.object, b.object,
+                "{:?}/{} is deterministic",
+                a.kind, a.name
+            );
+        }
+    }
+    // Owner references: every object, except Secrets kept with the data
+    // (postgres.managed.keepVolumes: true in full.yaml; rabbitmq has false).
+    let retained: BTreeSet<&str> = [
+        "shop-postgres",
+        "shop-user-db",
+        "shop-product-db",
+        "shop-inventory-db",
+        "shop-order-db",
+        "shop-notification-db",
+        "shop-admin",
+    ]
+    .into();
+    for d in &objs {
+        let owners = d.object["metadata"]["ownerReferences"].as_array();
+        if d.kind == Kind::Secret && retained.contains(d.name.as_str()) {
+            assert!(owners.is_none(), "{} is retained", d.name);
+        } else {
+            let o = owners.unwrap_or_else(|| panic!("{:?}/{} has no owner", d.kind, d.name));
+            assert_eq!(o[0]["controller"], true);
+            assert_eq!(o[0]["kind"], "InventorySystem");
+        }
+        assert_eq!(
+            d.object["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+            "stockmesh-operator"
+        );
+        assert_eq!(
+            d.object["metadata"]["labels"]["app.kubernetes.io/instance"],
+            "shop"
+        );
+    }
+}
+
+#[test]
+fn a_config_change_changes_the_pod_template_hash() {
+    let base = example("minimal.yaml");
+    let changed = base.replace("spec: {}", "spec:\n  logLevel: debug");
+    let hash = |text: &str| {
+        let objs = render_objects(text, &RenderOptions::default()).expect("renders");
+        find(&objs, Kind::Deployment, "shop-user")["spec"]["template"]["metadata"]["annotations"]["stockmesh.io/config-hash"].clone()
+    };
+    assert_eq!(hash(&base), hash(&base));
+    assert_ne!(hash(&base), hash(&changed));
+}

@@ -1,0 +1,678 @@
+//! The reconciler against a mocked API server (no cluster): the calls it
+//! makes, in order, with their bodies, for the scenarios of issue 6.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use common::{Call, Fake, NS, UID, coll, cr_collection, system};
+use kube::runtime::controller::Action;
+use serde_json::{Value, json};
+use stockmesh_operator::InventorySystem;
+use stockmesh_operator::controller::{Context, reconcile};
+use stockmesh_operator::metrics::Metrics;
+
+const SVCS: [&str; 5] = ["user", "product", "inventory", "order", "notification"];
+
+/// Runs one reconcile of `obj` against the fake; returns its result and the calls.
+async fn run(
+    fake: &Fake,
+    obj: &InventorySystem,
+) -> (Result<Action, String>, Vec<Call>, Arc<Metrics>) {
+    {
+        // The API server's copy of the custom resource (target of status patches).
+        let mut st = fake.lock();
+        st.insert(&cr_collection(), serde_json::to_value(obj).expect("json"));
+    }
+    let (client, server) = fake.client();
+    let metrics = Arc::new(Metrics::new());
+    let ctx = Arc::new(Context::new(client, metrics.clone(), None));
+    let result = tokio::time::timeout(
+        Duration::from_secs(20),
+        reconcile(Arc::new(obj.clone()), ctx.clone()),
+    )
+    .await
+    .expect("reconcile finishes")
+    .map_err(|e| e.to_string());
+    drop(ctx);
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("fake server stops")
+        .expect("fake server ok");
+    let violations = fake.lock().rbac_violations.clone();
+    assert!(
+        violations.is_empty(),
+        "requests outside the RBAC rules: {violations:?}"
+    );
+    let calls = fake.take_calls();
+    (result, calls, metrics)
+}
+
+/// The custom resource as the fake API server now holds it (with status).
+fn stored(fake: &Fake, name: &str) -> InventorySystem {
+    let st = fake.lock();
+    let v = st
+        .get(&cr_collection(), name)
+        .expect("custom resource")
+        .clone();
+    serde_json::from_value(v).expect("custom resource parses")
+}
+
+fn writes(calls: &[Call]) -> Vec<&Call> {
+    calls.iter().filter(|c| c.is_write()).collect()
+}
+
+fn lines(calls: &[&Call]) -> Vec<String> {
+    calls.iter().map(|c| c.line()).collect()
+}
+
+fn list_lines() -> Vec<String> {
+    [
+        coll("v1", "secrets"),
+        coll("v1", "configmaps"),
+        coll("v1", "services"),
+        coll("apps/v1", "statefulsets"),
+        coll("apps/v1", "deployments"),
+        coll("policy/v1", "poddisruptionbudgets"),
+        coll("networking.k8s.io/v1", "ingresses"),
+        coll("networking.k8s.io/v1", "networkpolicies"),
+    ]
+    .into_iter()
+    .map(|p| format!("GET {p}"))
+    .collect()
+}
+
+fn status_line(name: &str) -> String {
+    format!("PATCH {}/{name}/status", cr_collection())
+}
+
+fn event_line() -> String {
+    format!("POST {}", coll("events.k8s.io/v1", "events"))
+}
+
+fn decode(secret: &Value, key: &str) -> String {
+    let b64 = secret["data"][key].as_str().unwrap_or_default();
+    String::from_utf8(STANDARD.decode(b64).expect("base64")).expect("utf8")
+}
+
+fn set_ready(fake: &Fake, name: &str, not_ready: &[(&str, i64)]) {
+    let mut st = fake.lock();
+    for sts in st.names(&coll("apps/v1", "statefulsets")) {
+        let o = st
+            .get_mut(&coll("apps/v1", "statefulsets"), &sts)
+            .expect("sts");
+        o["status"] = json!({"replicas": 1, "readyReplicas": 1, "availableReplicas": 1});
+    }
+    for svc in SVCS {
+        let dn = format!("{name}-{svc}");
+        let o = st
+            .get_mut(&coll("apps/v1", "deployments"), &dn)
+            .expect("deployment");
+        let replicas = o["spec"]["replicas"].as_i64().unwrap_or(0);
+        let ready = not_ready
+            .iter()
+            .find(|(s, _)| *s == svc)
+            .map_or(replicas, |(_, r)| *r);
+        o["metadata"]["generation"] = json!(1);
+        o["status"] = json!({
+            "observedGeneration": 1, "replicas": replicas, "updatedReplicas": replicas,
+            "readyReplicas": ready, "availableReplicas": ready,
+        });
+    }
+}
+
+fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
+    status["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == type_))
+        .unwrap_or_else(|| panic!("condition {type_} in {status}"))
+}
+
+#[tokio::test]
+async fn fresh_resource_creates_every_object_in_order_then_reports_progress() {
+    let fake = Fake::new();
+    let obj = system("shop", json!({}), 1);
+    let (result, calls, metrics) = run(&fake, &obj).await;
+    assert_eq!(result, Ok(Action::requeue(Duration::from_secs(300))));
+
+    // Reads first: one labelled list per managed kind.
+    let reads: Vec<String> = calls
+        .iter()
+        .filter(|c| !c.is_write())
+        .map(Call::line)
+        .collect();
+    assert_eq!(reads, list_lines());
+    for c in calls.iter().filter(|c| !c.is_write()) {
+        assert!(
+            c.query.contains("labelSelector=app.kubernetes.io%2Finstance%3Dshop%2Capp.kubernetes.io%2Fmanaged-by%3Dstockmesh-operator"),
+            "list without the owned-object selector: {}",
+            c.query
+        );
+    }
+
+    // Then the writes, in apply order.
+    let secrets = coll("v1", "secrets");
+    let mut expected = vec![format!("POST {secrets}")]; // shop-postgres
+    expected.extend(SVCS.iter().map(|_| format!("POST {secrets}"))); // shop-<svc>-db
+    expected.extend([
+        format!("POST {secrets}"),
+        format!("POST {secrets}"),
+        format!("POST {secrets}"),
+    ]); // rabbitmq, jwt, admin
+    let apply = |gv: &str, res: &str, name: &str| format!("PATCH {}/{name}", coll(gv, res));
+    expected.push(apply("v1", "configmaps", "shop-config"));
+    expected.push(apply("v1", "configmaps", "shop-postgres-init"));
+    for svc in SVCS {
+        expected.push(apply("v1", "services", &format!("shop-{svc}")));
+        if svc == "product" || svc == "inventory" {
+            expected.push(apply("v1", "services", &format!("shop-{svc}-grpc")));
+        }
+    }
+    for s in [
+        "shop-postgres",
+        "shop-postgres-headless",
+        "shop-rabbitmq",
+        "shop-rabbitmq-headless",
+    ] {
+        expected.push(apply("v1", "services", s));
+    }
+    expected.push(apply("apps/v1", "statefulsets", "shop-postgres"));
+    expected.push(apply("apps/v1", "statefulsets", "shop-rabbitmq"));
+    for svc in SVCS {
+        expected.push(apply("apps/v1", "deployments", &format!("shop-{svc}")));
+    }
+    for svc in SVCS {
+        expected.push(apply(
+            "policy/v1",
+            "poddisruptionbudgets",
+            &format!("shop-{svc}"),
+        ));
+    }
+    for svc in SVCS {
+        expected.push(apply(
+            "networking.k8s.io/v1",
+            "networkpolicies",
+            &format!("shop-{svc}"),
+        ));
+    }
+    expected.push(apply(
+        "networking.k8s.io/v1",
+        "networkpolicies",
+        "shop-postgres",
+    ));
+    expected.push(apply(
+        "networking.k8s.io/v1",
+        "networkpolicies",
+        "shop-rabbitmq",
+    ));
+    expected.push(event_line());
+    expected.push(status_line("shop"));
+    let w = writes(&calls);
+    assert_eq!(lines(&w), expected);
+
+    // Secret bodies: names in order, generated values, created (not applied).
+    let secret_names: Vec<&str> = w
+        .iter()
+        .filter(|c| c.method == "POST" && c.path == secrets)
+        .map(|c| {
+            c.body
+                .as_ref()
+                .and_then(|b| b["metadata"]["name"].as_str())
+                .unwrap_or_default()
+        })
+        .collect();
+    assert_eq!(
+        secret_names,
+        [
+            "shop-postgres",
+            "shop-user-db",
+            "shop-product-db",
+            "shop-inventory-db",
+            "shop-order-db",
+            "shop-notification-db",
+            "shop-rabbitmq",
+            "shop-jwt",
+            "shop-admin"
+        ]
+    );
+    let st = fake.lock();
+    let user_db = st.get(&secrets, "shop-user-db").expect("user db secret");
+    let pw = decode(user_db, "password");
+    assert_eq!(pw.len(), 32);
+    assert_eq!(
+        decode(user_db, "url"),
+        format!("postgres://stockmesh_user:{pw}@shop-postgres:5432/stockmesh_user")
+    );
+    assert_ne!(
+        decode(
+            st.get(&secrets, "shop-order-db").expect("order db"),
+            "password"
+        ),
+        pw
+    );
+    let jwt = st.get(&secrets, "shop-jwt").expect("jwt");
+    assert!(decode(jwt, "private.pem").starts_with("-----BEGIN PRIVATE KEY-----"));
+    assert!(decode(jwt, "public.pem").starts_with("-----BEGIN PUBLIC KEY-----"));
+    assert!(
+        decode(st.get(&secrets, "shop-rabbitmq").expect("mq"), "url")
+            .starts_with("amqp://stockmesh:")
+    );
+    // keepVolumes (default true): credentials of the kept data have no owner.
+    for retained in [
+        "shop-postgres",
+        "shop-user-db",
+        "shop-rabbitmq",
+        "shop-admin",
+    ] {
+        let s = st.get(&secrets, retained).expect("secret");
+        assert!(
+            s["metadata"].get("ownerReferences").is_none(),
+            "{retained} must outlive the resource"
+        );
+        assert_eq!(
+            s["metadata"]["annotations"]["stockmesh.io/retained"],
+            "true"
+        );
+    }
+    drop(st);
+
+    // Every applied object: field manager, force, controller owner reference, applied-hash.
+    for c in w
+        .iter()
+        .filter(|c| c.method == "PATCH" && !c.path.ends_with("/status"))
+    {
+        assert!(
+            c.query.contains("fieldManager=stockmesh-operator"),
+            "{}",
+            c.query
+        );
+        assert!(c.query.contains("force=true"), "{}", c.query);
+        let body = c.body.as_ref().expect("body");
+        let owners = body["metadata"]["ownerReferences"]
+            .as_array()
+            .expect("owner references");
+        assert_eq!(owners.len(), 1);
+        assert_eq!(owners[0]["uid"], UID);
+        assert_eq!(owners[0]["controller"], true);
+        assert_eq!(owners[0]["kind"], "InventorySystem");
+        assert!(body["metadata"]["annotations"]["stockmesh.io/applied-hash"].is_string());
+    }
+    // The jwt Secret is owned (it does not guard kept data).
+    let jwt_call = w
+        .iter()
+        .find(|c| {
+            c.body
+                .as_ref()
+                .is_some_and(|b| b["metadata"]["name"] == "shop-jwt")
+        })
+        .expect("jwt create");
+    assert_eq!(
+        jwt_call.body.as_ref().expect("body")["metadata"]["ownerReferences"][0]["controller"],
+        true
+    );
+
+    // The event says what was created.
+    let event = w.iter().find(|c| c.line() == event_line()).expect("event");
+    let body = event.body.as_ref().expect("event body");
+    assert_eq!(body["reason"], "Created");
+    assert_eq!(body["type"], "Normal");
+    assert!(
+        body["note"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Deployment/shop-order")
+    );
+    assert_eq!(body["regarding"]["name"], "shop");
+
+    // The status: nothing is ready yet.
+    let status = &w.last().expect("status").body.as_ref().expect("body")["status"];
+    assert_eq!(status["observedGeneration"], 1);
+    assert_eq!(status["phase"], "Progressing");
+    assert_eq!(condition(status, "Ready")["status"], "False");
+    assert_eq!(
+        condition(status, "DatabaseReady")["reason"],
+        "StatefulSetNotReady"
+    );
+    assert_eq!(condition(status, "ServicesReady")["status"], "False");
+    assert_eq!(condition(status, "Degraded")["status"], "False");
+    assert_eq!(
+        status["components"]["order"],
+        json!({"ready": 0, "desired": 2})
+    );
+    assert!(status.get("url").is_none());
+    assert!(
+        metrics
+            .encode()
+            .contains("stockmesh_operator_reconciles_total 1")
+    );
+}
+
+#[tokio::test]
+async fn steady_state_writes_nothing_and_status_only_when_it_changes() {
+    let fake = Fake::new();
+    let obj = system(
+        "shop",
+        json!({"ingress": {"enabled": true, "host": "shop.example.com"}}),
+        1,
+    );
+    assert!(run(&fake, &obj).await.0.is_ok());
+    set_ready(&fake, "shop", &[]);
+
+    // Everything became ready: the only writes are the status and a Ready event.
+    let obj = stored(&fake, "shop");
+    let (result, calls, _) = run(&fake, &obj).await;
+    assert!(result.is_ok());
+    assert_eq!(
+        lines(&writes(&calls)),
+        vec![event_line(), status_line("shop")]
+    );
+    let status = &writes(&calls)[1].body.as_ref().expect("body")["status"];
+    assert_eq!(status["phase"], "Ready");
+    assert_eq!(condition(status, "Ready")["reason"], "AllComponentsReady");
+    assert_eq!(status["url"], "http://shop.example.com");
+    assert_eq!(
+        status["components"]["postgres"],
+        json!({"ready": 1, "desired": 1})
+    );
+
+    // Steady state: reads only, no write at all (no apply, no status, no event).
+    let before = stored(&fake, "shop");
+    let (result, calls, _) = run(&fake, &before).await;
+    assert!(result.is_ok());
+    assert_eq!(
+        writes(&calls).len(),
+        0,
+        "steady state wrote: {:?}",
+        lines(&writes(&calls))
+    );
+    assert_eq!(
+        calls.iter().map(Call::line).collect::<Vec<_>>(),
+        list_lines()
+    );
+
+    // Generated Secrets were never regenerated.
+    let secrets = coll("v1", "secrets");
+    assert_eq!(fake.lock().names(&secrets).len(), 9);
+}
+
+#[tokio::test]
+async fn a_deployment_not_ready_keeps_the_system_progressing() {
+    let fake = Fake::new();
+    let obj = system("shop", json!({}), 1);
+    assert!(run(&fake, &obj).await.0.is_ok());
+    set_ready(&fake, "shop", &[("user", 1)]);
+    let obj = stored(&fake, "shop");
+    let first_transition =
+        condition(&serde_json::to_value(&obj.status).expect("json"), "Ready")["lastTransitionTime"]
+            .clone();
+    let (_, calls, _) = run(&fake, &obj).await;
+    let w = writes(&calls);
+    assert_eq!(lines(&w), vec![status_line("shop")]);
+    let status = &w[0].body.as_ref().expect("body")["status"];
+    assert_eq!(status["phase"], "Progressing");
+    let services = condition(status, "ServicesReady");
+    assert_eq!(services["status"], "False");
+    assert_eq!(services["reason"], "DeploymentsNotReady");
+    assert!(
+        services["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("user 1/2")
+    );
+    assert_eq!(condition(status, "DatabaseReady")["status"], "True");
+    assert_eq!(condition(status, "BrokerReady")["status"], "True");
+    assert_eq!(condition(status, "Ready")["reason"], "ServicesNotReady");
+    // Ready stayed False: its transition time did not move.
+    assert_eq!(
+        condition(status, "Ready")["lastTransitionTime"],
+        first_transition
+    );
+    assert_eq!(
+        status["components"]["user"],
+        json!({"ready": 1, "desired": 2})
+    );
+}
+
+#[tokio::test]
+async fn an_invalid_spec_gets_a_condition_and_an_event_and_no_children() {
+    let fake = Fake::new();
+    let obj = system(
+        "shop",
+        json!({"postgres": {"managed": {}, "external": {"secretRef": {"name": "db"}}}}),
+        3,
+    );
+    let (result, calls, _) = run(&fake, &obj).await;
+    assert_eq!(
+        result,
+        Ok(Action::await_change()),
+        "no retry loop for an invalid spec"
+    );
+    assert_eq!(
+        calls.iter().map(Call::line).collect::<Vec<_>>(),
+        vec![event_line(), status_line("shop")]
+    );
+    let event = calls[0].body.as_ref().expect("event");
+    assert_eq!(event["type"], "Warning");
+    assert_eq!(event["reason"], "InvalidSpec");
+    assert!(
+        event["note"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("postgres.managed and postgres.external")
+    );
+    let status = &calls[1].body.as_ref().expect("status")["status"];
+    assert_eq!(status["phase"], "Failed");
+    assert_eq!(status["observedGeneration"], 3);
+    assert_eq!(condition(status, "Degraded")["status"], "True");
+    assert_eq!(condition(status, "Degraded")["reason"], "InvalidSpec");
+    assert_eq!(condition(status, "Ready")["status"], "False");
+
+    // Reconciled again unchanged: nothing at all.
+    let obj = stored(&fake, "shop");
+    let (_, calls, _) = run(&fake, &obj).await;
+    assert!(
+        calls.is_empty(),
+        "{:?}",
+        calls.iter().map(Call::line).collect::<Vec<_>>()
+    );
+}
+
+fn external_secrets(fake: &Fake) {
+    let b = |s: &str| STANDARD.encode(s);
+    let mut data = serde_json::Map::new();
+    for svc in SVCS {
+        data.insert(
+            svc.into(),
+            json!(b(&format!("postgres://{svc}:pw@db.example:5432/{svc}"))),
+        );
+    }
+    let mut st = fake.lock();
+    st.insert(&coll("v1", "secrets"), json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "shop-external-db", "namespace": NS}, "data": data}));
+    st.insert(&coll("v1", "secrets"), json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "shop-external-amqp", "namespace": NS}, "data": {"url": b("amqps://u:p@mq.example:5671/%2f")}}));
+}
+
+fn external_spec() -> Value {
+    json!({
+        "postgres": {"external": {"secretRef": {"name": "shop-external-db"}}},
+        "rabbitmq": {"external": {"secretRef": {"name": "shop-external-amqp"}}},
+    })
+}
+
+#[tokio::test]
+async fn external_database_mode_copies_urls_and_runs_no_statefulset() {
+    let fake = Fake::new();
+    external_secrets(&fake);
+    let obj = system("shop", external_spec(), 1);
+    let (result, calls, _) = run(&fake, &obj).await;
+    assert!(result.is_ok(), "{result:?}");
+    let secrets = coll("v1", "secrets");
+    let reads: Vec<String> = calls
+        .iter()
+        .filter(|c| !c.is_write())
+        .map(Call::line)
+        .collect();
+    let mut expected_reads = list_lines();
+    expected_reads.push(format!("GET {secrets}/shop-external-db"));
+    expected_reads.push(format!("GET {secrets}/shop-external-amqp"));
+    assert_eq!(reads, expected_reads);
+    let w = writes(&calls);
+    assert!(
+        w.iter().all(|c| !c.path.contains("statefulsets")),
+        "no StatefulSet in external mode"
+    );
+    assert!(
+        w.iter()
+            .all(|c| !c.path.ends_with("shop-postgres") && !c.path.ends_with("shop-postgres-init"))
+    );
+    // URLs copied (server-side apply) into the Secret names of the contract.
+    for svc in SVCS {
+        let line = format!("PATCH {secrets}/shop-{svc}-db");
+        let call = w
+            .iter()
+            .find(|c| c.line() == line)
+            .unwrap_or_else(|| panic!("{line}"));
+        let body = call.body.as_ref().expect("body");
+        assert_eq!(
+            decode(body, "url"),
+            format!("postgres://{svc}:pw@db.example:5432/{svc}")
+        );
+        assert_eq!(body["metadata"]["ownerReferences"][0]["controller"], true);
+    }
+    let mq = w
+        .iter()
+        .find(|c| c.line() == format!("PATCH {secrets}/shop-rabbitmq"))
+        .expect("amqp copy");
+    assert_eq!(
+        decode(mq.body.as_ref().expect("body"), "url"),
+        "amqps://u:p@mq.example:5671/%2f"
+    );
+    // Only the JWT key pair and the admin password are generated.
+    let created: Vec<&str> = w
+        .iter()
+        .filter(|c| c.method == "POST" && c.path == secrets)
+        .filter_map(|c| c.body.as_ref()?["metadata"]["name"].as_str())
+        .collect();
+    assert_eq!(created, ["shop-jwt", "shop-admin"]);
+    let status = &w.last().expect("status").body.as_ref().expect("body")["status"];
+    assert_eq!(
+        condition(status, "DatabaseReady")["reason"],
+        "ExternalSecretFound"
+    );
+    assert!(status["components"].get("postgres").is_none());
+}
+
+#[tokio::test]
+async fn a_missing_external_secret_is_reported_not_crashed_on() {
+    let fake = Fake::new();
+    let obj = system("shop", external_spec(), 1);
+    let (result, calls, _) = run(&fake, &obj).await;
+    assert_eq!(result, Ok(Action::requeue(Duration::from_secs(30))));
+    let w = writes(&calls);
+    assert_eq!(lines(&w), vec![event_line(), status_line("shop")]);
+    assert_eq!(
+        w[0].body.as_ref().expect("event")["reason"],
+        "ExternalSecretInvalid"
+    );
+    let status = &w[1].body.as_ref().expect("status")["status"];
+    assert_eq!(condition(status, "DatabaseReady")["status"], "False");
+    assert!(
+        condition(status, "DatabaseReady")["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("shop-external-db")
+    );
+    assert_eq!(status["phase"], "Degraded");
+}
+
+#[tokio::test]
+async fn disabling_the_ingress_deletes_it_and_a_config_change_rolls_the_pods() {
+    let fake = Fake::new();
+    let obj = system("shop", json!({"ingress": {"enabled": true}}), 1);
+    assert!(run(&fake, &obj).await.0.is_ok());
+    let deployments = coll("apps/v1", "deployments");
+    let hash = |fake: &Fake| {
+        fake.lock().get(&deployments, "shop-order").expect("order")["spec"]["template"]["metadata"]
+            ["annotations"]["stockmesh.io/config-hash"]
+            .clone()
+    };
+    let before = hash(&fake);
+
+    let mut obj = stored(&fake, "shop");
+    obj.spec.ingress.enabled = false;
+    obj.spec.log_level = "debug".into();
+    obj.metadata.generation = Some(2);
+    let (_, calls, _) = run(&fake, &obj).await;
+    let w = lines(&writes(&calls));
+    assert!(
+        w.contains(&format!(
+            "DELETE {}/shop",
+            coll("networking.k8s.io/v1", "ingresses")
+        )),
+        "{w:?}"
+    );
+    assert!(w.contains(&format!("PATCH {}/shop-config", coll("v1", "configmaps"))));
+    for svc in SVCS {
+        assert!(
+            w.contains(&format!("PATCH {deployments}/shop-{svc}")),
+            "{svc} rolls"
+        );
+    }
+    assert!(
+        !w.iter().any(|l| l.contains("/services/")),
+        "unchanged Services are not re-applied"
+    );
+    assert_ne!(hash(&fake), before);
+    let updated = calls
+        .iter()
+        .find(|c| c.body.as_ref().is_some_and(|b| b["reason"] == "Updated"))
+        .expect("Updated event");
+    assert!(
+        updated.body.as_ref().expect("body")["note"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("ConfigMap/shop-config")
+    );
+}
+
+#[tokio::test]
+async fn an_api_failure_is_an_error_with_event_status_and_metric() {
+    let fake = Fake::new();
+    fake.lock()
+        .forbidden
+        .push(format!("PATCH {}", coll("apps/v1", "deployments")));
+    let obj = system("shop", json!({}), 1);
+    let (result, calls, metrics) = run(&fake, &obj).await;
+    assert!(result.is_err());
+    let w = writes(&calls);
+    let event = w
+        .iter()
+        .rev()
+        .find(|c| c.line() == event_line())
+        .expect("failure event");
+    assert_eq!(
+        event.body.as_ref().expect("body")["reason"],
+        "ReconcileFailed"
+    );
+    assert_eq!(event.body.as_ref().expect("body")["type"], "Warning");
+    let status = &w.last().expect("status").body.as_ref().expect("body")["status"];
+    assert_eq!(w.last().expect("last").line(), status_line("shop"));
+    assert_eq!(condition(status, "Degraded")["reason"], "ReconcileFailed");
+    assert_eq!(status["phase"], "Degraded");
+    assert!(
+        metrics
+            .encode()
+            .contains("stockmesh_operator_reconcile_failures_total{reason=\"Forbidden\"} 1")
+    );
+}
+
+#[test]
+fn backoff_doubles_up_to_five_minutes() {
+    use stockmesh_operator::controller::backoff;
+    assert_eq!(backoff(1), Duration::from_secs(5));
+    assert_eq!(backoff(2), Duration::from_secs(10));
+    assert_eq!(backoff(4), Duration::from_secs(40));
+    assert_eq!(backoff(30), Duration::from_secs(300));
+}
