@@ -14,8 +14,12 @@ trap 'scripts/infra.sh down test' EXIT
 # shellcheck source=/dev/null
 source "$env_file"
 
-cargo test --workspace --locked --all-targets "$@"
+results="$(mktemp)"
+trap 'rm -f "$results"; scripts/infra.sh down test' EXIT
+cargo test --workspace --locked --all-targets "$@" 2>&1 | tee "$results"
 
-if [ -x scripts/api-fuzz.sh ]; then
-  scripts/api-fuzz.sh
-fi
+scripts/api-fuzz.sh
+
+# One closing line for the whole run (every cargo test binary, summed).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "make test: %d passed, %d failed\n", p, f }' "$results"

@@ -5,10 +5,12 @@
 //! repositories store.
 
 pub mod auth;
+pub mod broker;
 pub mod config;
 pub mod db;
 pub mod deadline;
 pub mod error;
+pub mod events;
 pub mod extract;
 pub mod grpc;
 pub mod grpc_client;
