@@ -1,46 +1,63 @@
 //! The client side of every gRPC hop (order → product, order → inventory,
 //! product → inventory), written once.
 //!
-//! [`Upstream`] wraps a lazily connected channel and, per call: opens a
-//! client span and injects its W3C context into the metadata; sends a
+//! [`Upstream`] is the stack every generated client runs on. Per call it:
+//! opens a client span and injects its W3C context into the metadata; asks
+//! the upstream's circuit breaker (an open breaker fails the call at once,
+//! UNAVAILABLE with `retry-after`, without touching the network); sends a
 //! `grpc-timeout` that is the smaller of the per-call default and what is
-//! left of the caller's own deadline, and enforces it locally; counts the
-//! call per method and code. This is the one place where the circuit breaker,
-//! retries and load balancing plug in.
+//! left of the caller's own deadline, and enforces it; tells the breaker how
+//! it went; counts the call per method and code. Calls are spread over every
+//! address the upstream's name resolves to (a headless Service gives one per
+//! pod), re-resolved periodically. [`retry`] adds bounded, jittered retries
+//! for idempotent calls, within a process-wide retry budget.
 
+use std::collections::HashSet;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use http::{HeaderValue, Request, Response};
 use tonic::body::Body;
+use tonic::transport::channel::Change;
 use tonic::transport::{Channel, Endpoint};
 use tower::Service;
 use tracing::Instrument;
 
+use crate::breaker::{Breaker, BreakerConfig, is_upstream_failure};
 use crate::config::EnvReader;
 use crate::deadline;
 use crate::layers::{grpc_code_name, split_grpc_path};
-use crate::metrics::{GrpcLabels, GrpcMethodLabels, RequestMetrics};
+use crate::metrics::{GrpcLabels, GrpcMethodLabels, Metrics, RequestMetrics};
 use crate::telemetry;
 
-/// Where an upstream lives and how long a call to it may take.
+/// Metadata key marking a call failed fast by an open breaker.
+pub const CIRCUIT_OPEN: &str = "x-circuit-open";
+
+/// Where an upstream lives and how calls to it behave.
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
     /// Short name for logs and metrics (`inventory`, `product`).
     pub name: &'static str,
-    /// `http://host:port`.
+    /// `http://host:port`; a name resolving to several addresses is balanced.
     pub url: String,
     /// Deadline of one call when the caller has no tighter one.
     pub timeout: Duration,
     pub connect_timeout: Duration,
+    pub breaker: BreakerConfig,
+    /// How often the name is resolved again.
+    pub resolve_every: Duration,
 }
 
 impl UpstreamConfig {
-    /// Reads `<PREFIX>_GRPC_URL` (required) and `<PREFIX>_TIMEOUT_MS`.
+    /// Reads `<PREFIX>_GRPC_URL`, `<PREFIX>_TIMEOUT_MS`,
+    /// `<PREFIX>_CONNECT_TIMEOUT_MS` and the shared `BREAKER_*` settings.
     pub fn read(env: &mut EnvReader, name: &'static str, prefix: &str, default_url: &str) -> Self {
         let url = env.with_default(&format!("{prefix}_GRPC_URL"), default_url.to_owned());
-        if Endpoint::from_shared(url.clone()).is_err() {
+        if Endpoint::from_shared(url.clone()).is_err() || host_port(&url).is_none() {
             env.problem(format!(
                 "{prefix}_GRPC_URL is malformed: expected http://host:port"
             ));
@@ -53,8 +70,20 @@ impl UpstreamConfig {
                 &format!("{prefix}_CONNECT_TIMEOUT_MS"),
                 Duration::from_millis(1000),
             ),
+            breaker: BreakerConfig::read(env),
+            resolve_every: env.millis("UPSTREAM_RESOLVE_MS", Duration::from_secs(10)),
         }
     }
+}
+
+fn host_port(url: &str) -> Option<(String, u16)> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split('/').next()?;
+    let (host, port) = authority.rsplit_once(':')?;
+    Some((
+        host.trim_matches(|c| c == '[' || c == ']').to_owned(),
+        port.parse().ok()?,
+    ))
 }
 
 /// A gRPC upstream with the standard client stack; give it to a generated
@@ -65,44 +94,125 @@ pub struct Upstream {
     channel: Channel,
     timeout: Duration,
     metrics: RequestMetrics,
+    breaker: Breaker,
 }
 
 impl Upstream {
-    pub fn new(config: &UpstreamConfig, metrics: RequestMetrics) -> anyhow::Result<Self> {
-        let channel = Endpoint::from_shared(config.url.clone())?
-            .connect_timeout(config.connect_timeout)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_while_idle(true)
-            .connect_lazy();
+    /// Resolves the upstream's name and keeps re-resolving it in the background.
+    pub async fn new(config: &UpstreamConfig, metrics: &Metrics) -> anyhow::Result<Self> {
+        let (host, port) = host_port(&config.url)
+            .ok_or_else(|| anyhow::anyhow!("{}: malformed URL", config.name))?;
+        let scheme = if config.url.starts_with("https://") {
+            "https"
+        } else {
+            "http"
+        };
+        let (channel, changes) = Channel::balance_channel::<SocketAddr>(64);
+        let connect_timeout = config.connect_timeout;
+        let endpoint = move |addr: SocketAddr| {
+            Endpoint::from_shared(format!("{scheme}://{addr}")).map(|e| {
+                e.connect_timeout(connect_timeout)
+                    .tcp_nodelay(true)
+                    .http2_keep_alive_interval(Duration::from_secs(30))
+                    .keep_alive_while_idle(true)
+            })
+        };
+        let name = config.name;
+        let every = config.resolve_every;
+        let mut known: HashSet<SocketAddr> = HashSet::new();
+        resolve_once(name, &host, port, &mut known, &changes, &endpoint).await;
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                if changes.is_closed() {
+                    return;
+                }
+                resolve_once(name, &host, port, &mut known, &changes, &endpoint).await;
+            }
+        });
         Ok(Self {
             name: config.name,
             channel,
             timeout: config.timeout,
-            metrics,
+            metrics: metrics.requests.clone(),
+            breaker: Breaker::new(config.name, config.breaker, metrics.breakers.clone()),
         })
     }
 
     pub fn name(&self) -> &'static str {
         self.name
     }
+
+    /// The upstream's breaker (state for tests and status pages).
+    pub fn breaker(&self) -> &Breaker {
+        &self.breaker
+    }
+}
+
+/// One DNS round: adds new addresses, removes vanished ones.
+async fn resolve_once<F>(
+    name: &str,
+    host: &str,
+    port: u16,
+    known: &mut HashSet<SocketAddr>,
+    changes: &tokio::sync::mpsc::Sender<Change<SocketAddr, Endpoint>>,
+    endpoint: &F,
+) where
+    F: Fn(SocketAddr) -> Result<Endpoint, tonic::transport::Error>,
+{
+    let found: HashSet<SocketAddr> = match tokio::net::lookup_host((host, port)).await {
+        Ok(addrs) => addrs.collect(),
+        Err(err) => {
+            tracing::warn!(upstream = name, error = %err, "cannot resolve upstream; keeping known addresses");
+            return;
+        }
+    };
+    if found.is_empty() {
+        return;
+    }
+    for addr in found.difference(known) {
+        if let Ok(ep) = endpoint(*addr) {
+            tracing::info!(upstream = name, %addr, "upstream address added");
+            let _ = changes.send(Change::Insert(*addr, ep)).await;
+        }
+    }
+    for addr in known.difference(&found) {
+        tracing::info!(upstream = name, %addr, "upstream address removed");
+        let _ = changes.send(Change::Remove(*addr)).await;
+    }
+    *known = found;
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+fn circuit_open(upstream: &str, retry_after: Duration) -> tonic::Status {
+    let mut status =
+        tonic::Status::unavailable(format!("{upstream} circuit breaker open, failing fast"));
+    let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+    if let Ok(value) = secs.to_string().parse() {
+        status.metadata_mut().insert("retry-after", value);
+    }
+    if let Ok(value) = "1".parse() {
+        status.metadata_mut().insert(CIRCUIT_OPEN, value);
+    }
+    status
+}
 
 impl Service<Request<Body>> for Upstream {
     type Response = Response<Body>;
     type Error = BoxError;
     type Future = BoxFuture<'static, Result<Response<Body>, BoxError>>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.channel.poll_ready(cx).map_err(Into::into)
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Readiness is awaited inside `call`, under the deadline: a channel
+        // with no reachable address must time out, not hang the caller.
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, mut request: Request<Body>) -> Self::Future {
-        let clone = self.channel.clone();
-        let mut channel = std::mem::replace(&mut self.channel, clone);
+        let mut channel = self.channel.clone();
         let metrics = self.metrics.clone();
+        let breaker = self.breaker.clone();
         let upstream = self.name;
         let (service, method) = split_grpc_path(request.uri().path());
         let (service, method) = (service.to_owned(), method.to_owned());
@@ -119,34 +229,48 @@ impl Service<Request<Body>> for Upstream {
             peer.service = upstream,
             rpc.grpc.status_code = tracing::field::Empty,
             otel.status_code = tracing::field::Empty,
+            error.type = tracing::field::Empty,
         );
         Box::pin(
             async move {
-                telemetry::inject_current_context(request.headers_mut());
-                if let Ok(value) = HeaderValue::from_str(&deadline::format_grpc_timeout(budget)) {
-                    request.headers_mut().insert("grpc-timeout", value);
-                }
                 let start = Instant::now();
-                let result = match tokio::time::timeout(budget, channel.call(request)).await {
-                    Ok(Ok(response)) => Ok(response),
-                    Ok(Err(err)) => Err(BoxError::from(tonic::Status::unavailable(format!(
-                        "{upstream} unreachable: {err}"
-                    )))),
-                    Err(_) => Err(BoxError::from(tonic::Status::deadline_exceeded(format!(
-                        "{upstream} did not answer within {} ms",
-                        budget.as_millis()
-                    )))),
+                let result = match breaker.admit() {
+                    Err(rejected) => {
+                        tracing::Span::current().record("error.type", "circuit_open");
+                        Err(BoxError::from(circuit_open(upstream, rejected.retry_after)))
+                    }
+                    Ok(admission) => {
+                        telemetry::inject_current_context(request.headers_mut());
+                        if let Ok(value) =
+                            HeaderValue::from_str(&deadline::format_grpc_timeout(budget))
+                        {
+                            request.headers_mut().insert("grpc-timeout", value);
+                        }
+                        let call = async {
+                            futures::future::poll_fn(|cx| channel.poll_ready(cx)).await?;
+                            channel.call(request).await
+                        };
+                        let result = match tokio::time::timeout(budget, call).await {
+                            Ok(Ok(response)) => Ok(response),
+                            Ok(Err(err)) => Err(BoxError::from(tonic::Status::unavailable(
+                                format!("{upstream} unreachable: {err}"),
+                            ))),
+                            Err(_) => {
+                                Err(BoxError::from(tonic::Status::deadline_exceeded(format!(
+                                    "{upstream} did not answer within {} ms",
+                                    budget.as_millis()
+                                ))))
+                            }
+                        };
+                        let code = code_of(&result);
+                        breaker.record(admission, !is_upstream_failure(code));
+                        result
+                    }
                 };
-                let code = match &result {
-                    Ok(response) => crate::layers::grpc_status_of(response),
-                    Err(err) => err
-                        .downcast_ref::<tonic::Status>()
-                        .map(|s| s.code())
-                        .unwrap_or(tonic::Code::Unknown),
-                };
+                let code = code_of(&result);
                 let current = tracing::Span::current();
                 current.record("rpc.grpc.status_code", code as i32);
-                if crate::layers::grpc_server_error(code) {
+                if is_upstream_failure(code) {
                     current.record("otel.status_code", "ERROR");
                 }
                 metrics
@@ -165,5 +289,157 @@ impl Service<Request<Body>> for Upstream {
             }
             .instrument(span),
         )
+    }
+}
+
+fn code_of(result: &Result<Response<Body>, BoxError>) -> tonic::Code {
+    match result {
+        Ok(response) => crate::layers::grpc_status_of(response),
+        Err(err) => err
+            .downcast_ref::<tonic::Status>()
+            .map(|s| s.code())
+            .unwrap_or(tonic::Code::Unknown),
+    }
+}
+
+/// Caps retries to a fraction of calls, so retries cannot multiply load
+/// during an outage: each call deposits `ratio` tokens, each retry spends one.
+#[derive(Clone)]
+pub struct RetryBudget {
+    tokens: Arc<Mutex<f64>>,
+    ratio: f64,
+    max: f64,
+}
+
+impl RetryBudget {
+    /// Allows retries for about `ratio` of calls (plus a small reserve of 10).
+    pub fn new(ratio: f64) -> Self {
+        Self {
+            tokens: Arc::new(Mutex::new(10.0)),
+            ratio,
+            max: 100.0,
+        }
+    }
+
+    fn deposit(&self) {
+        let mut tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        *tokens = (*tokens + self.ratio).min(self.max);
+    }
+
+    fn withdraw(&self) -> bool {
+        let mut tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Runs an idempotent call up to `attempts` times while it fails with
+/// UNAVAILABLE (not when the breaker failed it fast, and not once the
+/// caller's deadline is spent), with jittered exponential backoff, within
+/// `budget`. Only for calls that are safe to repeat.
+pub async fn retry<T, F, Fut>(
+    budget: &RetryBudget,
+    attempts: u32,
+    mut call: F,
+) -> Result<T, tonic::Status>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, tonic::Status>>,
+{
+    budget.deposit();
+    let mut backoff = Duration::from_millis(20);
+    let mut attempt = 1;
+    loop {
+        match call().await {
+            Ok(value) => return Ok(value),
+            Err(status) => {
+                let retryable = status.code() == tonic::Code::Unavailable
+                    && status.metadata().get(CIRCUIT_OPEN).is_none();
+                let time_left = deadline::remaining().is_none_or(|left| left > backoff * 2);
+                if !retryable || attempt >= attempts || !time_left || !budget.withdraw() {
+                    return Err(status);
+                }
+                let jitter =
+                    backoff.mul_f64((uuid::Uuid::new_v4().as_u128() % 1000) as f64 / 1000.0);
+                tracing::debug!(attempt, code = ?status.code(), "retrying idempotent call");
+                tokio::time::sleep(backoff + jitter).await;
+                backoff *= 2;
+                attempt += 1;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_unavailable_within_attempts_and_budget() {
+        let budget = RetryBudget::new(0.1);
+        let calls = AtomicU32::new(0);
+        let result = retry(&budget, 3, || async {
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            if n < 2 {
+                Err(tonic::Status::unavailable("down"))
+            } else {
+                Ok(n)
+            }
+        })
+        .await;
+        assert_eq!(result.unwrap(), 2);
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+
+        // Never retries a refusal that is an answer.
+        let calls = AtomicU32::new(0);
+        let result: Result<(), _> = retry(&budget, 3, || async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Err(tonic::Status::failed_precondition("no stock"))
+        })
+        .await;
+        assert_eq!(result.unwrap_err().code(), tonic::Code::FailedPrecondition);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+        // Nor a breaker's fast failure.
+        let calls = AtomicU32::new(0);
+        let _: Result<(), _> = retry(&budget, 3, || async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Err(circuit_open("inventory", Duration::from_secs(1)))
+        })
+        .await;
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_budget_stops_retry_storms() {
+        let budget = RetryBudget::new(0.0);
+        let calls = AtomicU32::new(0);
+        for _ in 0..20 {
+            let _: Result<(), _> = retry(&budget, 3, || async {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Err(tonic::Status::unavailable("down"))
+            })
+            .await;
+        }
+        // 20 first attempts + the 10-token reserve, then no more retries.
+        assert_eq!(calls.load(Ordering::SeqCst), 30);
+    }
+
+    #[test]
+    fn parses_upstream_urls() {
+        assert_eq!(
+            host_port("http://inventory-grpc:50051"),
+            Some(("inventory-grpc".into(), 50051))
+        );
+        assert_eq!(
+            host_port("http://127.0.0.1:50053/"),
+            Some(("127.0.0.1".into(), 50053))
+        );
+        assert_eq!(host_port("inventory"), None);
     }
 }

@@ -74,6 +74,8 @@ pub struct Metrics {
     registry: Arc<Mutex<Registry>>,
     hooks: Arc<Mutex<Vec<ScrapeHook>>>,
     pub requests: RequestMetrics,
+    /// Circuit breaker families, shared by every upstream of the process.
+    pub breakers: crate::breaker::BreakerMetrics,
 }
 
 impl Metrics {
@@ -131,11 +133,14 @@ impl Metrics {
             "Requests refused because the server was at its concurrency limit",
             requests.shed.clone(),
         );
-        Self {
+        let mut this = Self {
             registry: Arc::new(Mutex::new(registry)),
             hooks: Arc::new(Mutex::new(Vec::new())),
             requests,
-        }
+            breakers: crate::breaker::BreakerMetrics::default(),
+        };
+        this.breakers = crate::breaker::BreakerMetrics::register(&this);
+        this
     }
 
     /// Registers a service-specific metric.

@@ -40,7 +40,7 @@ impl Application {
         db::migrate(&pool, &MIGRATOR, 30).await?;
         let metrics = Metrics::new(config.common.service_name);
         db::register_pool_metrics(&metrics, &pool);
-        let inventory = Upstream::new(&config.inventory, metrics.requests.clone())?;
+        let inventory = Upstream::new(&config.inventory, &metrics).await?;
         let service = ProductService::new(
             ProductRepository::new(pool.clone()),
             StockClient::new(inventory),

@@ -1,0 +1,141 @@
+//! Notification service configuration, read from the environment at start-up.
+
+use std::time::Duration;
+
+use stockmesh_platform::auth::AuthConfig;
+use stockmesh_platform::broker::BrokerConfig;
+use stockmesh_platform::config::{CommonConfig, ConfigError, DatabaseConfig, EnvReader};
+
+/// Local default port (ARCHITECTURE.md, "Running without Kubernetes").
+pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8085";
+/// The queue the service consumes (its dead letters go to `<queue>.dead`).
+pub const DEFAULT_QUEUE: &str = "notifications";
+/// Routing keys bound to the events exchange.
+pub const DEFAULT_BINDINGS: &str = "order.*";
+
+/// How the consumer reads the queue.
+#[derive(Debug, Clone)]
+pub struct ConsumerConfig {
+    pub broker: BrokerConfig,
+    /// `NOTIFICATION_QUEUE`: a durable quorum queue, declared at start-up.
+    pub queue: String,
+    /// `NOTIFICATION_BINDINGS`: comma-separated routing keys on `stockmesh.events`.
+    pub bindings: Vec<String>,
+    /// `NOTIFICATION_DELIVERY_LIMIT`: deliveries of one message before it
+    /// is dead-lettered (the quorum queue's `x-delivery-limit`).
+    pub delivery_limit: i64,
+    /// `NOTIFICATION_PREFETCH`: unacknowledged messages held at once.
+    pub prefetch: u16,
+    /// `NOTIFICATION_RETRY_DELAY_MS`: pause before handing a failed message
+    /// back, so a short outage does not burn the delivery limit at once.
+    pub retry_delay: Duration,
+    /// `NOTIFICATION_RECONNECT_MAX_MS`: ceiling of the reconnect backoff.
+    pub reconnect_max: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct NotificationConfig {
+    pub common: CommonConfig,
+    pub database: DatabaseConfig,
+    pub auth: AuthConfig,
+    pub consumer: ConsumerConfig,
+}
+
+impl NotificationConfig {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::read(EnvReader::from_env())
+    }
+
+    pub fn read(mut env: EnvReader) -> Result<Self, ConfigError> {
+        let default_http = DEFAULT_HTTP_ADDR.parse().expect("valid default address");
+        let common = CommonConfig::read(&mut env, "notification", default_http);
+        let database = DatabaseConfig::read(&mut env);
+        let auth = AuthConfig::read(&mut env);
+        let consumer = read_consumer(&mut env);
+        env.finish()?;
+        Ok(Self {
+            common,
+            database,
+            auth,
+            consumer,
+        })
+    }
+}
+
+fn read_consumer(env: &mut EnvReader) -> ConsumerConfig {
+    let broker = BrokerConfig::read(env);
+    let queue = env.with_default("NOTIFICATION_QUEUE", DEFAULT_QUEUE.to_owned());
+    // `<queue>.dead` must still fit an AMQP short string.
+    if queue.len() > 200 {
+        env.problem("NOTIFICATION_QUEUE must be at most 200 bytes");
+    }
+    let bindings: Vec<String> = env
+        .with_default("NOTIFICATION_BINDINGS", DEFAULT_BINDINGS.to_owned())
+        .split(',')
+        .map(|key| key.trim().to_owned())
+        .filter(|key| !key.is_empty())
+        .collect();
+    if bindings.is_empty() || bindings.iter().any(|key| key.len() > 255) {
+        env.problem("NOTIFICATION_BINDINGS must list routing keys of at most 255 bytes");
+    }
+    let delivery_limit = env.with_default("NOTIFICATION_DELIVERY_LIMIT", 5i64);
+    if delivery_limit < 1 {
+        env.problem("NOTIFICATION_DELIVERY_LIMIT must be at least 1");
+    }
+    let prefetch = env.with_default("NOTIFICATION_PREFETCH", 32u16);
+    if prefetch == 0 {
+        env.problem("NOTIFICATION_PREFETCH must be at least 1");
+    }
+    ConsumerConfig {
+        broker,
+        queue,
+        bindings,
+        delivery_limit: delivery_limit.max(1),
+        prefetch: prefetch.max(1),
+        retry_delay: env.millis("NOTIFICATION_RETRY_DELAY_MS", Duration::from_secs(1)),
+        reconnect_max: env.millis("NOTIFICATION_RECONNECT_MAX_MS", Duration::from_secs(10)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> EnvReader {
+        let public = stockmesh_platform::auth::generate_keypair().unwrap().1;
+        let mut vars: std::collections::HashMap<String, String> = [
+            ("DATABASE_URL", "postgres://u:p@127.0.0.1:5432/n"),
+            ("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        vars.insert("JWT_PUBLIC_KEY".into(), public);
+        for (k, v) in pairs {
+            vars.insert(k.to_string(), v.to_string());
+        }
+        EnvReader::from_map(vars)
+    }
+
+    #[test]
+    fn defaults() {
+        let config = NotificationConfig::read(env(&[])).unwrap();
+        assert_eq!(config.common.http_addr, DEFAULT_HTTP_ADDR.parse().unwrap());
+        assert_eq!(config.consumer.queue, "notifications");
+        assert_eq!(config.consumer.bindings, vec!["order.*".to_owned()]);
+        assert_eq!(config.consumer.delivery_limit, 5);
+        assert_eq!(config.consumer.prefetch, 32);
+    }
+
+    #[test]
+    fn reports_every_problem() {
+        let err = NotificationConfig::read(env(&[
+            ("AMQP_URL", "http://nope"),
+            ("NOTIFICATION_DELIVERY_LIMIT", "0"),
+            ("NOTIFICATION_PREFETCH", "0"),
+            ("NOTIFICATION_BINDINGS", " , "),
+        ]))
+        .unwrap_err();
+        assert_eq!(err.problems.len(), 4, "{err}");
+    }
+}
