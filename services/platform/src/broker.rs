@@ -31,7 +31,7 @@ impl std::fmt::Debug for BrokerConfig {
 impl BrokerConfig {
     pub fn read(env: &mut EnvReader) -> Self {
         let url = env.required_secret("AMQP_URL").unwrap_or_default();
-        if !url.is_empty() && !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
+        if !(url.is_empty() || url.starts_with("amqp://") || url.starts_with("amqps://")) {
             env.problem("AMQP_URL is malformed: expected an amqp:// URL");
         }
         Self { url }
