@@ -1,0 +1,76 @@
+//! The order service's upstreams, over the shared gRPC client stack. Every
+//! call used here is idempotent (reads, and Reserve/Release keyed by order
+//! id), so all of them are retried within the retry budget.
+
+use stockmesh_platform::grpc_client::{RetryBudget, Upstream, retry};
+use stockmesh_proto::inventory::v1 as inv;
+use stockmesh_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
+use stockmesh_proto::product::v1 as prod;
+use stockmesh_proto::product::v1::product_service_client::ProductServiceClient;
+use uuid::Uuid;
+
+const ATTEMPTS: u32 = 3;
+
+#[derive(Clone)]
+pub struct Upstreams {
+    product: ProductServiceClient<Upstream>,
+    inventory: InventoryServiceClient<Upstream>,
+    budget: RetryBudget,
+}
+
+impl Upstreams {
+    pub fn new(product: Upstream, inventory: Upstream) -> Self {
+        Self {
+            product: ProductServiceClient::new(product),
+            inventory: InventoryServiceClient::new(inventory),
+            budget: RetryBudget::new(0.2),
+        }
+    }
+
+    pub async fn product(&self, id: Uuid) -> Result<prod::Product, tonic::Status> {
+        let response = retry(&self.budget, ATTEMPTS, || {
+            let mut client = self.product.clone();
+            async move {
+                client
+                    .get_product(prod::GetProductRequest { id: id.to_string() })
+                    .await
+            }
+        })
+        .await?;
+        response
+            .into_inner()
+            .product
+            .ok_or_else(|| tonic::Status::internal("product answer without a product"))
+    }
+
+    pub async fn reserve(
+        &self,
+        order_id: Uuid,
+        product_id: Uuid,
+        quantity: i64,
+    ) -> Result<(), tonic::Status> {
+        retry(&self.budget, ATTEMPTS, || {
+            let mut client = self.inventory.clone();
+            let request = inv::ReserveRequest {
+                order_id: order_id.to_string(),
+                product_id: product_id.to_string(),
+                quantity,
+            };
+            async move { client.reserve(request).await }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn release(&self, order_id: Uuid) -> Result<(), tonic::Status> {
+        retry(&self.budget, ATTEMPTS, || {
+            let mut client = self.inventory.clone();
+            let request = inv::ReleaseRequest {
+                order_id: order_id.to_string(),
+            };
+            async move { client.release(request).await }
+        })
+        .await
+        .map(|_| ())
+    }
+}

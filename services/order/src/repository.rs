@@ -1,0 +1,261 @@
+//! PostgreSQL storage of orders and of the outbox.
+
+use std::collections::HashMap;
+
+use sqlx::{PgPool, Row};
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::domain::{Order, OrderStatus};
+use crate::error::OrderError;
+
+const COLUMNS: &str = "id, user_id, product_id, product_name, quantity, unit_price_minor, total_minor, currency, \
+                       status, failure_reason, idempotency_key, request_hash, created_at, updated_at";
+
+fn db_span(operation: &'static str, table: &'static str) -> tracing::Span {
+    tracing::info_span!(
+        "db",
+        otel.name = format!("{operation} {table}"),
+        otel.kind = "client",
+        db.system.name = "postgresql",
+        db.operation.name = operation,
+        db.collection.name = table,
+    )
+}
+
+fn order_from_row(row: &sqlx::postgres::PgRow) -> Result<Order, OrderError> {
+    let status: String = row.try_get("status")?;
+    Ok(Order {
+        id: row.try_get("id")?,
+        user_id: row.try_get("user_id")?,
+        product_id: row.try_get("product_id")?,
+        product_name: row.try_get("product_name")?,
+        quantity: row.try_get("quantity")?,
+        unit_price_minor: row.try_get("unit_price_minor")?,
+        total_minor: row.try_get("total_minor")?,
+        currency: row.try_get("currency")?,
+        status: OrderStatus::parse(&status).ok_or_else(|| {
+            OrderError::Database(sqlx::Error::Decode(format!("status {status:?}").into()))
+        })?,
+        failure_reason: row.try_get("failure_reason")?,
+        idempotency_key: row.try_get("idempotency_key")?,
+        request_hash: row.try_get("request_hash")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+/// An event to commit together with an order change.
+pub struct OutboxEvent {
+    pub event_id: Uuid,
+    pub routing_key: String,
+    pub payload: serde_json::Value,
+    pub trace_context: HashMap<String, String>,
+}
+
+/// A row the relay must publish.
+pub struct OutboxRow {
+    pub id: i64,
+    pub event_id: Uuid,
+    pub routing_key: String,
+    pub payload: serde_json::Value,
+    pub trace_context: HashMap<String, String>,
+}
+
+#[derive(Clone)]
+pub struct OrderRepository {
+    pool: PgPool,
+}
+
+impl OrderRepository {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Stores a PENDING order; `Ok(Err(existing))` when the idempotency key
+    /// is taken (by a concurrent or earlier request).
+    pub async fn insert_pending(&self, order: &Order) -> Result<Result<Order, Order>, OrderError> {
+        async {
+            let inserted = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "INSERT INTO orders (id, user_id, product_id, product_name, quantity, unit_price_minor, total_minor, \
+                 currency, status, idempotency_key, request_hash) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'PENDING', $9, $10) \
+                 ON CONFLICT (user_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING \
+                 RETURNING {COLUMNS}"
+            )))
+            .bind(order.id)
+            .bind(order.user_id)
+            .bind(order.product_id)
+            .bind(&order.product_name)
+            .bind(order.quantity)
+            .bind(order.unit_price_minor)
+            .bind(order.total_minor)
+            .bind(&order.currency)
+            .bind(order.idempotency_key.as_deref())
+            .bind(order.request_hash.as_deref())
+            .fetch_optional(&self.pool)
+            .await?;
+            if let Some(row) = inserted {
+                return Ok(Ok(order_from_row(&row)?));
+            }
+            let key = order.idempotency_key.as_deref().unwrap_or_default();
+            let existing = self
+                .by_idempotency_key(order.user_id, key)
+                .await?
+                .ok_or(OrderError::InProgress)?;
+            Ok(Err(existing))
+        }
+        .instrument(db_span("insert", "orders"))
+        .await
+    }
+
+    pub async fn by_idempotency_key(
+        &self,
+        user_id: Uuid,
+        key: &str,
+    ) -> Result<Option<Order>, OrderError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM orders WHERE user_id = $1 AND idempotency_key = $2"
+        )))
+        .bind(user_id)
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .instrument(db_span("select", "orders"))
+        .await?;
+        row.as_ref().map(order_from_row).transpose()
+    }
+
+    /// Ends a PENDING order as REJECTED or FAILED.
+    pub async fn finish_pending(
+        &self,
+        id: Uuid,
+        status: OrderStatus,
+        reason: &str,
+        needs_release: bool,
+    ) -> Result<Option<Order>, OrderError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE orders SET status = $2, failure_reason = $3, needs_release = $4, updated_at = now() \
+             WHERE id = $1 AND status = 'PENDING' RETURNING {COLUMNS}"
+        )))
+        .bind(id)
+        .bind(status.as_str())
+        .bind(reason)
+        .bind(needs_release)
+        .fetch_optional(&self.pool)
+        .instrument(db_span("update", "orders"))
+        .await?;
+        row.as_ref().map(order_from_row).transpose()
+    }
+
+    /// Moves an order `from` → `to` and stores its event, in one transaction.
+    pub async fn transition_with_event(
+        &self,
+        id: Uuid,
+        from: OrderStatus,
+        to: OrderStatus,
+        needs_release: bool,
+        event: &OutboxEvent,
+    ) -> Result<Option<Order>, OrderError> {
+        async {
+            let mut tx = self.pool.begin().await?;
+            let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE orders SET status = $3, needs_release = $4, updated_at = now() \
+                 WHERE id = $1 AND status = $2 RETURNING {COLUMNS}"
+            )))
+            .bind(id)
+            .bind(from.as_str())
+            .bind(to.as_str())
+            .bind(needs_release)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(row) = row else {
+                tx.rollback().await?;
+                return Ok(None);
+            };
+            sqlx::query(
+                "INSERT INTO outbox (event_id, routing_key, payload, trace_context) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(event.event_id)
+            .bind(&event.routing_key)
+            .bind(&event.payload)
+            .bind(serde_json::to_value(&event.trace_context).unwrap_or_default())
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(Some(order_from_row(&row)?))
+        }
+        .instrument(db_span("commit", "orders+outbox"))
+        .await
+    }
+
+    pub async fn clear_needs_release(&self, id: Uuid) -> Result<(), OrderError> {
+        sqlx::query("UPDATE orders SET needs_release = false WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .instrument(db_span("update", "orders"))
+            .await?;
+        Ok(())
+    }
+
+    /// PENDING orders older than `seconds` (their saga died): FAILED, and
+    /// flagged so their reservation is released.
+    pub async fn abandon_stale_pending(&self, seconds: f64) -> Result<u64, OrderError> {
+        let done = sqlx::query(
+            "UPDATE orders SET status = 'FAILED', failure_reason = 'abandoned while pending', \
+             needs_release = true, updated_at = now() \
+             WHERE status = 'PENDING' AND created_at < now() - make_interval(secs => $1)",
+        )
+        .bind(seconds)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    pub async fn needing_release(&self, limit: i64) -> Result<Vec<Uuid>, OrderError> {
+        Ok(sqlx::query_scalar(
+            "SELECT id FROM orders WHERE needs_release ORDER BY updated_at LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    pub async fn get(&self, id: Uuid) -> Result<Option<Order>, OrderError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM orders WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .instrument(db_span("select", "orders"))
+        .await?;
+        row.as_ref().map(order_from_row).transpose()
+    }
+
+    pub async fn list_for_user(
+        &self,
+        user_id: Uuid,
+        limit: i64,
+        offset: i64,
+    ) -> Result<(Vec<Order>, i64), OrderError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM orders WHERE user_id = $1 ORDER BY created_at DESC, id DESC LIMIT $2 OFFSET $3"
+        )))
+        .bind(user_id)
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(&self.pool)
+        .await?;
+        let total: i64 = sqlx::query_scalar("SELECT count(*) FROM orders WHERE user_id = $1")
+            .bind(user_id)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok((
+            rows.iter().map(order_from_row).collect::<Result<_, _>>()?,
+            total,
+        ))
+    }
+}

@@ -1,0 +1,146 @@
+//! Builds the order application: pool and migrations, upstream clients,
+//! the HTTP API, the outbox relay and the compensation sweeper.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use sqlx::PgPool;
+use stockmesh_platform::auth::Verifier;
+use stockmesh_platform::grpc_client::Upstream;
+use stockmesh_platform::health::Readiness;
+use stockmesh_platform::http::{self, HttpLimits};
+use stockmesh_platform::metrics::Metrics;
+use stockmesh_platform::{Shutdown, db};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+use crate::clients::Upstreams;
+use crate::config::OrderConfig;
+use crate::http::{AppState, router};
+use crate::outbox::{self, RelayMetrics};
+use crate::repository::OrderRepository;
+use crate::service::OrderService;
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+pub struct Application {
+    config: OrderConfig,
+    pool: PgPool,
+    listener: TcpListener,
+    metrics: Metrics,
+    service: OrderService,
+    verifier: Verifier,
+    relay_wake: Arc<Notify>,
+    product: Upstream,
+    inventory: Upstream,
+}
+
+impl Application {
+    pub async fn build(config: OrderConfig) -> anyhow::Result<Self> {
+        let pool = db::pool(&config.database)?;
+        db::migrate(&pool, &MIGRATOR, 30).await?;
+        let metrics = Metrics::new(config.common.service_name);
+        db::register_pool_metrics(&metrics, &pool);
+        let product = Upstream::new(&config.product, &metrics).await?;
+        let inventory = Upstream::new(&config.inventory, &metrics).await?;
+        let relay_wake = Arc::new(Notify::new());
+        let service = OrderService::new(
+            OrderRepository::new(pool.clone()),
+            Upstreams::new(product.clone(), inventory.clone()),
+            relay_wake.clone(),
+        );
+        let verifier = Verifier::new(&config.auth)?;
+        let listener = TcpListener::bind(config.common.http_addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("binding HTTP {}: {e}", config.common.http_addr))?;
+        Ok(Self {
+            config,
+            pool,
+            listener,
+            metrics,
+            service,
+            verifier,
+            relay_wake,
+            product,
+            inventory,
+        })
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or(self.config.common.http_addr)
+    }
+
+    /// The upstreams (their breakers are visible to tests).
+    pub fn upstreams(&self) -> (Upstream, Upstream) {
+        (self.product.clone(), self.inventory.clone())
+    }
+
+    pub async fn run_until_stopped(self, shutdown: Shutdown) -> anyhow::Result<()> {
+        let Self {
+            config,
+            pool,
+            listener,
+            metrics,
+            service,
+            verifier,
+            relay_wake,
+            ..
+        } = self;
+        let check_pool = pool.clone();
+        // Ready = the database answers. The broker is not a readiness
+        // condition: orders keep being accepted while it is down (the
+        // outbox holds their events).
+        let readiness = Readiness::new(shutdown.clone()).with_check("database", move || {
+            let pool = check_pool.clone();
+            async move { db::ping(&pool).await }
+        });
+        let relay_metrics = RelayMetrics::register(&metrics, &pool);
+        shutdown.spawn(outbox::run(
+            pool.clone(),
+            config.broker.clone(),
+            relay_metrics,
+            relay_wake,
+            config.relay_poll,
+            shutdown.clone(),
+        ));
+        shutdown.spawn(sweeper(
+            service.clone(),
+            config.sweep_every,
+            config.pending_timeout,
+            shutdown.clone(),
+        ));
+        let app = http::router(
+            router(AppState { service, verifier }),
+            readiness,
+            metrics,
+            HttpLimits::from(&config.common),
+        );
+        let server = shutdown.spawn(http::serve(listener, app, shutdown.clone()));
+        let drained = shutdown.drained(config.common.shutdown_grace).await;
+        pool.close().await;
+        server.await??;
+        anyhow::ensure!(drained, "shutdown grace period exceeded");
+        Ok(())
+    }
+}
+
+async fn sweeper(
+    service: OrderService,
+    every: std::time::Duration,
+    pending_timeout: std::time::Duration,
+    shutdown: Shutdown,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        match service.sweep(pending_timeout).await {
+            Ok(0) => {}
+            Ok(released) => tracing::info!(released, "compensation: reservations released"),
+            Err(err) => tracing::debug!(error = %err, "sweeper will retry"),
+        }
+    }
+}

@@ -1,0 +1,243 @@
+//! The order saga end to end over real gRPC, PostgreSQL and RabbitMQ.
+
+mod common;
+
+use common::System;
+use futures::future::join_all;
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn order_confirm_cancel_and_their_events() {
+    let mut sys = System::start(&[]).await;
+    let product = sys.product("Mug", 10).await;
+    let alice = sys.user();
+    let bob = sys.user();
+
+    let (status, order, _) = sys.order(&alice, &product, 3, None).await;
+    assert_eq!(status, StatusCode::CREATED, "{order}");
+    assert_eq!(order["status"], "CONFIRMED");
+    assert_eq!(
+        order["total"],
+        json!({"amount_minor": 750, "currency": "EUR"})
+    );
+    assert_eq!(order["product_name"], "Mug");
+    assert_eq!(sys.stock(&product).await, (7, 3));
+    let id = order["id"].as_str().unwrap().to_owned();
+    let event = sys.event_for(&id, "order.confirmed").await;
+    assert_eq!(event["version"], 1);
+    assert_eq!(event["data"]["quantity"], 3);
+    assert_eq!(event["data"]["user_id"], order["user_id"]);
+
+    let path = format!("/api/orders/{id}");
+    let (status, _, _) = sys
+        .call(sys.order_http, Method::GET, &path, Some(&alice), None, None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, _) = sys
+        .call(sys.order_http, Method::GET, &path, Some(&bob), None, None)
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "another user's order does not exist for them"
+    );
+    let (status, _, _) = sys
+        .call(
+            sys.order_http,
+            Method::GET,
+            &path,
+            Some(&sys.admin),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "admins see every order");
+    let (status, page, _) = sys
+        .call(
+            sys.order_http,
+            Method::GET,
+            "/api/orders",
+            Some(&alice),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(page["total"], 1);
+    let (_, page, _) = sys
+        .call(
+            sys.order_http,
+            Method::GET,
+            "/api/orders",
+            Some(&bob),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(page["total"], 0);
+
+    let cancel = format!("{path}/cancel");
+    let (status, _, _) = sys
+        .call(
+            sys.order_http,
+            Method::POST,
+            &cancel,
+            Some(&bob),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "cannot cancel someone else's order"
+    );
+    let (status, cancelled, _) = sys
+        .call(
+            sys.order_http,
+            Method::POST,
+            &cancel,
+            Some(&alice),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{cancelled}");
+    assert_eq!(cancelled["status"], "CANCELLED");
+    assert_eq!(
+        sys.stock(&product).await,
+        (10, 0),
+        "cancel returns the stock"
+    );
+    sys.event_for(&id, "order.cancelled").await;
+    let (status, body, _) = sys
+        .call(
+            sys.order_http,
+            Method::POST,
+            &cancel,
+            Some(&alice),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(
+        sys.stock(&product).await,
+        (10, 0),
+        "a second cancel changes nothing"
+    );
+    sys.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_key_replays_and_refuses_a_different_body() {
+    let sys = System::start(&[]).await;
+    let product = sys.product("Cup", 10).await;
+    let user = sys.user();
+    let (status, first, _) = sys.order(&user, &product, 2, Some("k-1")).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, again, _) = sys.order(&user, &product, 2, Some("k-1")).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(
+        again["id"], first["id"],
+        "same key, same body: the same order"
+    );
+    let (status, body, _) = sys.order(&user, &product, 3, Some("k-1")).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["code"], "idempotency_key_reused");
+    // Keys are per user.
+    let (status, other, _) = sys.order(&sys.user(), &product, 2, Some("k-1")).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_ne!(other["id"], first["id"]);
+    assert_eq!(sys.stock(&product).await, (6, 4), "two orders, not three");
+    sys.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_and_stores_nothing() {
+    let sys = System::start(&[]).await;
+    let product = sys.product("Bowl", 5).await;
+    let user = sys.user();
+    for quantity in [0, -1, 1001, i64::MAX] {
+        let (status, body, _) = sys.order(&user, &product, quantity, None).await;
+        assert_eq!(
+            status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "quantity {quantity}: {body}"
+        );
+    }
+    let (status, body, _) = sys
+        .order(&user, &uuid::Uuid::now_v7().to_string(), 1, None)
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["code"], "unknown_product");
+    let (status, _, _) = sys.order(&user, "not-a-uuid", 1, None).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let (status, _, _) = sys
+        .call(
+            sys.order_http,
+            Method::POST,
+            "/api/orders",
+            None,
+            Some(json!({"product_id": product, "quantity": 1})),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _, _) = sys.order(&user, &product, 1, Some(&"k".repeat(201))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, body, _) = sys.order(&user, &product, 6, None).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["error"]["code"], "insufficient_stock");
+
+    let pool = sys.order_db.pool().await;
+    let stored: Vec<(String,)> = sqlx::query_as("SELECT status FROM orders")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        stored,
+        vec![("REJECTED".to_owned(),)],
+        "only the shortage is recorded, as REJECTED"
+    );
+    assert_eq!(sys.stock(&product).await, (5, 0));
+    sys.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_orders_never_oversell() {
+    let sys = System::start(&[]).await;
+    let product = sys.product("Last units", 100).await;
+    let users: Vec<String> = (0..5).map(|_| sys.user()).collect();
+    let attempts = (0..300).map(|i| sys.order(&users[i % users.len()], &product, 1, None));
+    let results = join_all(attempts).await;
+    let confirmed = results
+        .iter()
+        .filter(|(s, _, _)| *s == StatusCode::CREATED)
+        .count();
+    let rejected = results
+        .iter()
+        .filter(|(s, _, _)| *s == StatusCode::CONFLICT)
+        .count();
+    let other: Vec<_> = results
+        .iter()
+        .filter(|(s, _, _)| *s != StatusCode::CREATED && *s != StatusCode::CONFLICT)
+        .map(|(s, b, _)| (s.as_u16(), b.clone()))
+        .collect();
+    assert!(other.is_empty(), "unexpected answers: {other:?}");
+    assert_eq!((confirmed, rejected), (100, 200));
+    assert_eq!(sys.stock(&product).await, (0, 100));
+    let pool = sys.order_db.pool().await;
+    let counts: Vec<(String, i64)> =
+        sqlx::query_as("SELECT status, count(*) FROM orders GROUP BY status ORDER BY status")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        counts,
+        vec![("CONFIRMED".to_owned(), 100), ("REJECTED".to_owned(), 200)],
+        "no order left PENDING"
+    );
+    sys.stop().await;
+}
