@@ -22,7 +22,7 @@ STACK_BIN="${CARGO_TARGET_DIR:-target}/debug"
 # shellcheck source=scripts/lib/stack.sh
 source scripts/lib/stack.sh
 
-services=(inventory product user)
+services=(inventory product user order notification)
 cleanup() {
   stack_stop_all
   stack_drop_databases "${services[@]}"
@@ -41,9 +41,18 @@ stack_start product "HTTP_ADDR=127.0.0.1:$((base + 82))" "GRPC_ADDR=127.0.0.1:$(
 stack_start user "HTTP_ADDR=127.0.0.1:$((base + 81))" \
   "STOCKMESH_ADMIN_EMAIL=$admin_email" "STOCKMESH_ADMIN_PASSWORD=$admin_password" \
   "LOGIN_RATE_PER_CLIENT=100000" "LOGIN_RATE_PER_ACCOUNT=100000"
+# A queue of its own (never the real one: no events are taken from a system
+# sharing the broker), bound to a key nothing publishes, and the same name
+# every run so durable queues do not pile up on the broker.
+stack_start order "HTTP_ADDR=127.0.0.1:$((base + 84))" \
+  "PRODUCT_GRPC_URL=http://127.0.0.1:$((base + 52))" "INVENTORY_GRPC_URL=http://127.0.0.1:$((base + 53))"
+stack_start notification "HTTP_ADDR=127.0.0.1:$((base + 85))" \
+  "NOTIFICATION_QUEUE=api-fuzz.notifications" "NOTIFICATION_BINDINGS=api-fuzz.none"
 stack_wait inventory "http://127.0.0.1:$((base + 83))/readyz"
 stack_wait product "http://127.0.0.1:$((base + 82))/readyz"
 stack_wait user "http://127.0.0.1:$((base + 81))/readyz"
+stack_wait order "http://127.0.0.1:$((base + 84))/readyz"
+stack_wait notification "http://127.0.0.1:$((base + 85))/readyz"
 
 token="$(stack_login "$admin_email" "$admin_password" "http://127.0.0.1:$((base + 81))")"
 
@@ -68,6 +77,8 @@ fuzz() {
 }
 fuzz users $((base + 81))
 fuzz products $((base + 82))
+fuzz orders $((base + 84))
+fuzz notifications $((base + 85))
 
 echo
 echo "api-fuzz: $passed passed, $failed failed"

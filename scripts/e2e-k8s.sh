@@ -80,7 +80,7 @@ admin_password="$(kubectl -n "$NS" get secret "$NAME-admin" -o jsonpath='{.data.
 api POST /api/users/login "{\"email\":\"$admin_email\",\"password\":\"$admin_password\"}"
 expect 200 "admin login" "$body"
 admin_token="$(jq -er .token <<<"$body")" || die "admin login answered no token: $body"
-api POST /api/products "{\"name\":\"e2e widget $RANDOM\",\"description\":\"e2e\",\"price_cents\":1999}" "$admin_token"
+api POST /api/products "{\"name\":\"e2e widget $RANDOM\",\"description\":\"e2e\",\"price\":{\"amount_minor\":1999,\"currency\":\"EUR\"}}" "$admin_token"
 expect 201 "create product" "$body"
 product_id="$(jq -er .id <<<"$body")" || die "no product id: $body"
 api PUT "/api/products/$product_id/stock" '{"quantity":10}' "$admin_token"

@@ -16,6 +16,8 @@ product_http="${PRODUCT_HTTP_ADDR:-127.0.0.1:8082}"
 product_grpc="${PRODUCT_GRPC_ADDR:-127.0.0.1:50052}"
 inventory_http="${INVENTORY_HTTP_ADDR:-127.0.0.1:8083}"
 inventory_grpc="${INVENTORY_GRPC_ADDR:-127.0.0.1:50053}"
+order_http="${ORDER_HTTP_ADDR:-127.0.0.1:8084}"
+notification_http="${NOTIFICATION_HTTP_ADDR:-127.0.0.1:8085}"
 export STOCKMESH_ADMIN_EMAIL="${STOCKMESH_ADMIN_EMAIL:-admin@stockmesh.local}"
 export STOCKMESH_ADMIN_PASSWORD="${STOCKMESH_ADMIN_PASSWORD:-stockmesh-admin}"
 
@@ -55,9 +57,14 @@ stack_start product "HTTP_ADDR=$product_http" "GRPC_ADDR=$product_grpc" \
 stack_start user "HTTP_ADDR=$user_http" \
   "STOCKMESH_ADMIN_EMAIL=$STOCKMESH_ADMIN_EMAIL" "STOCKMESH_ADMIN_PASSWORD=$STOCKMESH_ADMIN_PASSWORD" \
   "TRUST_FORWARDED_FOR=true"
+stack_start order "HTTP_ADDR=$order_http" \
+  "PRODUCT_GRPC_URL=http://$product_grpc" "INVENTORY_GRPC_URL=http://$inventory_grpc"
+stack_start notification "HTTP_ADDR=$notification_http"
 stack_wait inventory "http://$inventory_http/readyz"
 stack_wait product "http://$product_http/readyz"
 stack_wait user "http://$user_http/readyz"
+stack_wait order "http://$order_http/readyz"
+stack_wait notification "http://$notification_http/readyz"
 
 # The gateway: nginx from the system's packages, as the Ingress stand-in.
 if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
@@ -82,6 +89,8 @@ http {
   scgi_temp_path $ngx/tmp/scgi;
   upstream user { server $user_http; keepalive 32; }
   upstream product { server $product_http; keepalive 32; }
+  upstream order { server $order_http; keepalive 32; }
+  upstream notification { server $notification_http; keepalive 32; }
   server {
     listen $gateway_addr;
     proxy_http_version 1.1;
@@ -91,6 +100,8 @@ http {
     proxy_set_header X-Request-Id \$request_id;
     location /api/users { proxy_pass http://user; }
     location /api/products { proxy_pass http://product; }
+    location /api/orders { proxy_pass http://order; }
+    location /api/notifications { proxy_pass http://notification; }
     location / {
       default_type application/json;
       return 404 '{"error":{"code":"not_found","message":"no such route"}}';
@@ -115,6 +126,8 @@ cat <<INFO
     user       http://$user_http        (openapi: /api/users/openapi.json)
     product    http://$product_http        gRPC $product_grpc
     inventory  gRPC $inventory_grpc       health/metrics http://$inventory_http
+    order      http://$order_http        (openapi: /api/orders/openapi.json)
+    notification http://$notification_http  (openapi: /api/notifications/openapi.json; consumes order.* events)
   first admin: $STOCKMESH_ADMIN_EMAIL / $STOCKMESH_ADMIN_PASSWORD
                (development defaults; set STOCKMESH_ADMIN_EMAIL / STOCKMESH_ADMIN_PASSWORD)
   logs:        $STACK_STATE/logs
