@@ -80,6 +80,21 @@ fuzz products $((base + 82))
 fuzz orders $((base + 84))
 fuzz notifications $((base + 85))
 
+# A short smoke of the load generator against the same system (the
+# benchmark itself is `make bench`, never part of the tests).
+printf '\n== loadgen smoke\n'
+if LOADGEN_USER_URL="http://127.0.0.1:$((base + 81))" LOADGEN_PRODUCT_URL="http://127.0.0.1:$((base + 82))" \
+   LOADGEN_ORDER_URL="http://127.0.0.1:$((base + 84))" LOADGEN_NOTIFICATION_URL="http://127.0.0.1:$((base + 85))" \
+   "$STACK_BIN/loadgen" --admin-email "$admin_email" --admin-password "$admin_password" \
+     --users 4 --products 2 --stock 1000 --concurrency 8 --requests 300 --lag-every 0 --quiet \
+     --json "$STACK_STATE/loadgen.json" >"$STACK_STATE/loadgen.out"; then
+  cat "$STACK_STATE/loadgen.out"
+  passed=$((passed + 1))
+else
+  cat "$STACK_STATE/loadgen.out"
+  failed=$((failed + 1))
+fi
+
 echo
 echo "api-fuzz: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -1,0 +1,279 @@
+//! `loadgen`: prepares shoppers and products through the public API (as the
+//! admin), then runs a weighted browse/order mix, closed-loop at a fixed
+//! concurrency or open-loop at a target rate, and prints a latency table
+//! (HDR histograms per operation), errors by status and notification lag
+//! (from an order's 201 until its notification is listed), plus a JSON report.
+
+mod api;
+mod config;
+mod report;
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tokio::sync::Mutex;
+
+use api::Api;
+use config::{Mode, Options};
+use report::Stats;
+
+struct Shared {
+    api: Api,
+    shoppers: Vec<(String, String)>,
+    products: Vec<String>,
+    stats: Mutex<Stats>,
+    issued: AtomicU64,
+    orders: AtomicU64,
+    options: Options,
+    lag_tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let options = match Options::parse(&args) {
+        Ok(Some(options)) => options,
+        Ok(None) => return ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("loadgen: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(options).await {
+        Ok(0) => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::from(1),
+        Err(err) => {
+            eprintln!("loadgen: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Runs the whole load test; returns the number of failed requests.
+async fn run(options: Options) -> anyhow::Result<u64> {
+    let api = Api::new(&options.base_url)?;
+    let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    eprintln!(
+        "loadgen: preparing {} shoppers and {} products on {}",
+        options.users, options.products, options.base_url
+    );
+    let admin = api
+        .login(&options.admin_email, &options.admin_password)
+        .await?;
+    let mut products = Vec::new();
+    for n in 0..options.products {
+        products.push(
+            api.product(&admin, &format!("loadgen {run_id} #{n}"), options.stock)
+                .await?,
+        );
+    }
+    let mut shoppers = Vec::new();
+    for n in 0..options.users {
+        shoppers.push(api.shopper(&run_id, n).await?);
+    }
+    let shared = Arc::new(Shared {
+        api,
+        shoppers,
+        products,
+        stats: Mutex::new(Stats::new()),
+        issued: AtomicU64::new(0),
+        orders: AtomicU64::new(0),
+        options: options.clone(),
+        lag_tasks: Mutex::new(Vec::new()),
+    });
+
+    let started = Instant::now();
+    let deadline = started + options.duration;
+    let progress = (!options.quiet).then(|| tokio::spawn(progress_line(shared.clone(), started)));
+    match options.rate {
+        None => {
+            let workers: Vec<_> = (0..options.concurrency)
+                .map(|w| {
+                    let shared = shared.clone();
+                    tokio::spawn(async move {
+                        let mut n = w as u64;
+                        while let Some(i) = next(&shared, deadline) {
+                            one_request(&shared, i, n).await;
+                            n += 1;
+                        }
+                    })
+                })
+                .collect();
+            for worker in workers {
+                let _ = worker.await;
+            }
+        }
+        Some(rate) => {
+            // Open loop: start requests on a fixed schedule, whatever the latency.
+            let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let mut in_flight = Vec::new();
+            let mut n = 0u64;
+            while let Some(i) = next(&shared, deadline) {
+                ticker.tick().await;
+                let shared = shared.clone();
+                in_flight.push(tokio::spawn(
+                    async move { one_request(&shared, i, n).await },
+                ));
+                n += 1;
+            }
+            for task in in_flight {
+                let _ = task.await;
+            }
+        }
+    }
+    let elapsed = started.elapsed();
+    let lag_tasks = std::mem::take(&mut *shared.lag_tasks.lock().await);
+    for task in lag_tasks {
+        let _ = task.await;
+    }
+    if let Some(progress) = progress {
+        progress.abort();
+        eprintln!();
+    }
+    let stats = shared.stats.lock().await;
+    println!("{}", stats.table(elapsed));
+    let settings = json!({
+        "base_url": options.base_url, "mode": format!("{:?}", options.mode),
+        "concurrency": options.concurrency, "rate": options.rate,
+        "duration_seconds": options.duration.as_secs_f64(), "requests": options.requests,
+        "users": options.users, "products": options.products,
+    });
+    let report: Value = stats.json(elapsed, settings);
+    let text = serde_json::to_string_pretty(&report)?;
+    if let Some(path) = &options.json {
+        std::fs::write(path, &text)?;
+        eprintln!("loadgen: report written to {path}");
+    } else {
+        println!("{text}");
+    }
+    Ok(stats.error_count())
+}
+
+/// The next request number, or `None` when the run is over.
+fn next(shared: &Shared, deadline: Instant) -> Option<u64> {
+    if shared.options.requests.is_none() && Instant::now() >= deadline {
+        return None;
+    }
+    let i = shared.issued.fetch_add(1, Ordering::Relaxed);
+    match shared.options.requests {
+        Some(limit) if i >= limit => None,
+        _ => Some(i),
+    }
+}
+
+async fn one_request(shared: &Arc<Shared>, i: u64, n: u64) {
+    let is_order = match shared.options.mode {
+        Mode::OrdersOnly => true,
+        Mode::Mixed { browse, order } => (i % u64::from(browse + order)) >= u64::from(browse),
+    };
+    let (token, _user_id) = &shared.shoppers[(n as usize) % shared.shoppers.len()];
+    let product = &shared.products[(i as usize) % shared.products.len()];
+    let api = &shared.api;
+    let start = Instant::now();
+    if is_order {
+        let result = api
+            .http
+            .post(format!("{}/api/orders", api.orders))
+            .bearer_auth(token)
+            .json(&json!({"product_id": product, "quantity": 1}))
+            .send()
+            .await;
+        let took = start.elapsed();
+        let (status, order_id) = match result {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let body: Value = response.json().await.unwrap_or(Value::Null);
+                (Ok(status), body["id"].as_str().map(str::to_owned))
+            }
+            Err(_) => (Err(()), None),
+        };
+        shared
+            .stats
+            .lock()
+            .await
+            .record("order", took, status, &[201]);
+        let count = shared.orders.fetch_add(1, Ordering::Relaxed);
+        let every = shared.options.lag_every;
+        if let (Some(order_id), true) = (order_id, every > 0 && count.is_multiple_of(every)) {
+            let shared2 = shared.clone();
+            let token = token.clone();
+            let confirmed_at = Instant::now();
+            let task = tokio::spawn(async move {
+                let lag = notification_lag(&shared2.api, &token, &order_id, confirmed_at).await;
+                shared2.stats.lock().await.record_lag(lag);
+            });
+            shared.lag_tasks.lock().await.push(task);
+        }
+    } else {
+        let path = if i % 2 == 0 {
+            "/api/products?limit=20".to_owned()
+        } else {
+            format!("/api/products/{product}")
+        };
+        let result = api.http.get(format!("{}{path}", api.products)).send().await;
+        let took = start.elapsed();
+        let status = match result {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let _ = response.bytes().await;
+                Ok(status)
+            }
+            Err(_) => Err(()),
+        };
+        shared
+            .stats
+            .lock()
+            .await
+            .record("browse", took, status, &[200]);
+    }
+}
+
+/// Time from the order's 201 until its notification is listed (None after 10 s).
+async fn notification_lag(
+    api: &Api,
+    token: &str,
+    order_id: &str,
+    since: Instant,
+) -> Option<Duration> {
+    let give_up = since + Duration::from_secs(10);
+    while Instant::now() < give_up {
+        if let Ok(response) = api
+            .http
+            .get(format!("{}/api/notifications?limit=20", api.notifications))
+            .bearer_auth(token)
+            .send()
+            .await
+            && let Ok(body) = response.text().await
+            && body.contains(order_id)
+        {
+            return Some(since.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    None
+}
+
+async fn progress_line(shared: Arc<Shared>, started: Instant) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let stats = shared.stats.lock().await;
+        let done = stats.total();
+        let errors = stats.error_count();
+        drop(stats);
+        let secs = started.elapsed().as_secs_f64().max(1e-9);
+        eprint!(
+            "\r  {:>6.1}s  {:>8} requests  {:>8.1}/s  {:>6} errors",
+            secs,
+            done,
+            done as f64 / secs,
+            errors
+        );
+        let _ = std::io::stderr().flush();
+    }
+}
