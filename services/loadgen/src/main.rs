@@ -210,7 +210,7 @@ async fn one_request(shared: &Arc<Shared>, i: u64, n: u64) {
             shared.lag_tasks.lock().await.push(task);
         }
     } else {
-        let path = if i % 2 == 0 {
+        let path = if i.is_multiple_of(2) {
             "/api/products?limit=20".to_owned()
         } else {
             format!("/api/products/{product}")
