@@ -1,0 +1,178 @@
+#!/usr/bin/env bash
+# `make bench`: measured throughput and latency of the order flow against
+# the machine's own ceiling, in one run.
+#
+#  1. ceiling: pgbench running the database work of one order
+#     (bench/order-ceiling.sql) against the services' own schema (their
+#     migrations applied to one database), at the concurrency that maximises it;
+#  2. stockmesh end to end (release build, all five services, real PostgreSQL
+#     and RabbitMQ, loadgen on the same machine): orders/s at increasing
+#     concurrency until throughput stops growing, latency at the best point
+#     and at 70 % of it (open loop), errors, notification lag;
+#  3. the ratio of the two;
+#  4. idle RSS of each service after start-up and its time from start to ready.
+#
+# Results: bench/results/<date>.json and .md. Not part of `make test`.
+# Tunables: BENCH_SECONDS (per step, default 10), BENCH_PORT_BASE (default 57000).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+seconds="${BENCH_SECONDS:-10}"
+base="${BENCH_PORT_BASE:-57000}"
+stamp="$(date -u +%Y-%m-%dT%H-%M-%SZ)"
+out_dir=bench/results
+mkdir -p "$out_dir"
+log() { printf '\033[1m[bench]\033[0m %s\n' "$*" >&2; }
+
+log "building release binaries"
+cargo build --release --locked --bins -q
+
+env_file="$(scripts/infra.sh up run)"
+# shellcheck source=/dev/null
+source "$env_file"
+STACK_STATE="$(mktemp -d "${TMPDIR:-/tmp}/stockmesh-bench.XXXXXX")"
+STACK_ADMIN="$DATABASE_URL"
+STACK_AMQP="$AMQP_URL"
+STACK_PREFIX="bench_${stamp//[-:TZ]/}_"
+STACK_BIN="${CARGO_TARGET_DIR:-target}/release"
+# shellcheck source=scripts/lib/stack.sh
+source scripts/lib/stack.sh
+services=(inventory product user order notification)
+ceiling_db="${STACK_PREFIX}ceiling"
+cleanup() {
+  stack_stop_all
+  stack_drop_databases "${services[@]}"
+  psql "$STACK_ADMIN" -q -c "DROP DATABASE IF EXISTS \"$ceiling_db\" WITH (FORCE)" >/dev/null 2>&1 || true
+  rm -rf "$STACK_STATE"
+  scripts/infra.sh down run
+}
+trap cleanup EXIT
+
+pg_bin="$(for d in /usr/lib/postgresql/*/bin; do [ -x "$d/pgbench" ] && echo "$d"; done | sort -V | tail -n 1)"
+[ -n "$pg_bin" ] || { log "pgbench not found (Debian package postgresql-contrib or postgresql)"; exit 1; }
+
+# ---------------------------------------------------------------- ceiling
+log "ceiling: pgbench with the database work of one order"
+psql "$STACK_ADMIN" -q -c "CREATE DATABASE \"$ceiling_db\"" >/dev/null
+hostport="${STACK_ADMIN#*@}"; hostport="${hostport%%/*}"
+creds="${STACK_ADMIN#*://}"; creds="${creds%%@*}"
+ceiling_url="postgres://$creds@$hostport/$ceiling_db"
+for migration in services/product/migrations/*.sql services/inventory/migrations/*.sql \
+                 services/order/migrations/*.sql services/notification/migrations/*.sql; do
+  psql "$ceiling_url" -q -v ON_ERROR_STOP=1 -f "$migration" >/dev/null
+done
+psql "$ceiling_url" -q -v ON_ERROR_STOP=1 >/dev/null <<'SQL'
+INSERT INTO products (id, name, price_minor, currency, stock_status)
+  SELECT ('00000000-0000-0000-0000-' || lpad(n::text, 12, '0'))::uuid, 'p' || n, 199, 'EUR', 'synced'
+  FROM generate_series(1, 100) n;
+INSERT INTO stock (product_id, available)
+  SELECT ('00000000-0000-0000-0000-' || lpad(n::text, 12, '0'))::uuid, 1000000000 FROM generate_series(1, 100) n;
+SQL
+best_ceiling=0; best_ceiling_c=0
+for c in 4 8 16 32; do
+  tps="$(PGPASSWORD="${creds#*:}" "$pg_bin/pgbench" -n -c "$c" -j 2 -T "$seconds" -f bench/order-ceiling.sql \
+        -h "${hostport%:*}" -p "${hostport##*:}" -U "${creds%%:*}" "$ceiling_db" 2>/dev/null \
+        | awk '/^tps = / { print $3; exit }')"
+  log "  pgbench -c $c: ${tps:-?} orders/s"
+  if awk -v a="${tps:-0}" -v b="$best_ceiling" 'BEGIN { exit !(a > b) }'; then best_ceiling="$tps"; best_ceiling_c=$c; fi
+done
+
+# ---------------------------------------------------------------- system
+log "starting the system (release build)"
+admin_email="bench-admin@stockmesh.local"; admin_password="bench-admin-password"
+declare -A ready_ms rss_kib
+start_and_wait() {
+  local svc="$1" url="$2"; shift 2
+  local t0 t1
+  t0="$(date +%s%N)"
+  stack_start "$svc" "$@"
+  stack_wait "$svc" "$url"
+  t1="$(date +%s%N)"
+  ready_ms[$svc]=$(( (t1 - t0) / 1000000 ))
+}
+start_and_wait inventory "http://127.0.0.1:$((base + 83))/readyz" "HTTP_ADDR=127.0.0.1:$((base + 83))" "GRPC_ADDR=127.0.0.1:$((base + 53))" "RUST_LOG=warn"
+start_and_wait product "http://127.0.0.1:$((base + 82))/readyz" "HTTP_ADDR=127.0.0.1:$((base + 82))" "GRPC_ADDR=127.0.0.1:$((base + 52))" \
+  "INVENTORY_GRPC_URL=http://127.0.0.1:$((base + 53))" "RUST_LOG=warn"
+start_and_wait user "http://127.0.0.1:$((base + 81))/readyz" "HTTP_ADDR=127.0.0.1:$((base + 81))" \
+  "STOCKMESH_ADMIN_EMAIL=$admin_email" "STOCKMESH_ADMIN_PASSWORD=$admin_password" "RUST_LOG=warn"
+start_and_wait order "http://127.0.0.1:$((base + 84))/readyz" "HTTP_ADDR=127.0.0.1:$((base + 84))" \
+  "PRODUCT_GRPC_URL=http://127.0.0.1:$((base + 52))" "INVENTORY_GRPC_URL=http://127.0.0.1:$((base + 53))" "RUST_LOG=warn"
+start_and_wait notification "http://127.0.0.1:$((base + 85))/readyz" "HTTP_ADDR=127.0.0.1:$((base + 85))" \
+  "NOTIFICATION_QUEUE=bench.notifications" "RUST_LOG=warn"
+sleep 2
+for i in "${!STACK_NAMES[@]}"; do
+  rss_kib[${STACK_NAMES[$i]}]="$(awk '/^VmRSS:/ { print $2 }' "/proc/${STACK_PIDS[$i]}/status")"
+done
+
+export LOADGEN_USER_URL="http://127.0.0.1:$((base + 81))" LOADGEN_PRODUCT_URL="http://127.0.0.1:$((base + 82))"
+export LOADGEN_ORDER_URL="http://127.0.0.1:$((base + 84))" LOADGEN_NOTIFICATION_URL="http://127.0.0.1:$((base + 85))"
+loadgen() {
+  "$STACK_BIN/loadgen" --admin-email "$admin_email" --admin-password "$admin_password" \
+    --mode orders --users 32 --products 20 --stock 100000000 --duration "$seconds" --quiet "$@" >/dev/null
+}
+ok_rate() { python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(round(r["operations"]["order"]["ok_per_second"], 1))' "$1"; }
+
+log "stockmesh: orders/s at increasing concurrency (closed loop, $seconds s each)"
+best=0; best_c=0; best_file=""
+for c in 4 8 16 32 64 128; do
+  file="$STACK_STATE/closed-$c.json"
+  loadgen --concurrency "$c" --lag-every 20 --json "$file" || true
+  rate="$(ok_rate "$file")"
+  log "  concurrency $c: $rate orders/s"
+  if awk -v a="$rate" -v b="$best" 'BEGIN { exit !(a > b * 1.05) }'; then
+    best="$rate"; best_c=$c; best_file="$file"
+  else
+    break
+  fi
+done
+target="$(awk -v b="$best" 'BEGIN { printf "%.1f", b * 0.7 }')"
+log "stockmesh: open loop at 70 % of peak ($target orders/s)"
+loadgen --rate "$target" --lag-every 5 --json "$STACK_STATE/open-70.json" || true
+
+# ---------------------------------------------------------------- report
+rss_json="{"; ready_json="{"
+for svc in "${services[@]}"; do
+  rss_json+="\"$svc\": ${rss_kib[$svc]:-0},"; ready_json+="\"$svc\": ${ready_ms[$svc]:-0},"
+done
+rss_json="${rss_json%,}}"; ready_json="${ready_json%,}}"
+python3 - "$out_dir/$stamp" "$best_ceiling" "$best_ceiling_c" "$best_c" "$best_file" "$STACK_STATE/open-70.json" \
+  "$rss_json" "$ready_json" "$seconds" <<'PY'
+import json, os, platform, sys
+out, ceiling, ceiling_c, best_c, best_file, open_file, rss, ready, seconds = sys.argv[1:]
+best = json.load(open(best_file)); open70 = json.load(open(open_file))
+cores = os.cpu_count()
+mem_gib = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+b, o = best["operations"]["order"], open70["operations"]["order"]
+result = {
+    "date": os.path.basename(out), "machine": {"cores": cores, "memory_gib": mem_gib, "kernel": platform.release()},
+    "step_seconds": int(seconds),
+    "ceiling": {"orders_per_second": float(ceiling), "concurrency": int(ceiling_c)},
+    "stockmesh": {
+        "peak": {"concurrency": int(best_c), "orders_per_second": b["ok_per_second"], "p50_ms": b["p50_ms"], "p90_ms": b["p90_ms"], "p99_ms": b["p99_ms"], "errors": best["errors"]},
+        "at_70_percent": {"target_rate": open70["settings"]["rate"], "orders_per_second": o["ok_per_second"], "p50_ms": o["p50_ms"], "p90_ms": o["p90_ms"], "p99_ms": o["p99_ms"], "errors": open70["errors"]},
+        "notification_lag": open70["notification_lag"],
+    },
+    "ratio_to_ceiling": round(b["ok_per_second"] / float(ceiling), 3) if float(ceiling) else None,
+    "idle_rss_mib": {k: round(v / 1024, 1) for k, v in json.loads(rss).items()},
+    "start_to_ready_ms": json.loads(ready),
+}
+json.dump(result, open(out + ".json", "w"), indent=2)
+lag = result["stockmesh"]["notification_lag"]
+md = f"""# stockmesh benchmark {result['date']}
+
+Machine: {cores} cores, {mem_gib} GiB; everything (five services, PostgreSQL, RabbitMQ, loadgen) on it.
+
+| measure | value |
+|---|---|
+| ceiling (pgbench, one order's DB work, -c {ceiling_c}) | {float(ceiling):.0f} orders/s |
+| stockmesh peak (closed loop, concurrency {best_c}) | {b['ok_per_second']:.0f} orders/s, p50 {b['p50_ms']:.1f} ms, p99 {b['p99_ms']:.1f} ms, {best['errors']} errors |
+| stockmesh / ceiling | {result['ratio_to_ceiling']} |
+| at 70 % of peak (open loop, {open70['settings']['rate']} orders/s) | p50 {o['p50_ms']:.1f} ms, p90 {o['p90_ms']:.1f} ms, p99 {o['p99_ms']:.1f} ms, {open70['errors']} errors |
+| notification lag at 70 % | p50 {lag['p50_ms']:.1f} ms, p99 {lag['p99_ms']:.1f} ms ({lag['samples']} samples, {lag['timeouts']} not seen in 10 s) |
+| idle RSS (MiB) | {', '.join(f'{k} {v}' for k, v in result['idle_rss_mib'].items())} |
+| start to ready (ms) | {', '.join(f'{k} {v}' for k, v in result['start_to_ready_ms'].items())} |
+"""
+open(out + ".md", "w").write(md)
+print(md)
+PY
+log "results: $out_dir/$stamp.json and .md"
