@@ -13,6 +13,10 @@
 #                             differ) and never in ConfigMaps, JWT key pair,
 #                             NetworkPolicy edges, config hash rolls pods,
 #                             operator RBAC
+#   check_parity.py         chart == operator for the same configuration
+#                             (k8s/examples/full.yaml vs ci/parity-values.yaml):
+#                             ports, probes, env, security contexts, ... of
+#                             the five service Deployments (builds `render`)
 #   CRD / RBAC sync           chart crds/ == k8s/crd/inventorysystem.yaml,
 #                             chart rules == k8s/operator/rbac.yaml, examples
 #                             validate against the CRD (when those exist)
@@ -73,6 +77,7 @@ skip() {
 }
 
 show_error() { cat "$1"; return 1; }
+fails() { ! "$@"; } # a negative check: the command must fail
 
 render() { # render <chart> <out> [helm args...]
     local chart="$1" out="$2"
@@ -92,6 +97,7 @@ echo "== helm lint --strict"
 run "lint $STOCKMESH (default values)" helm lint --strict "$STOCKMESH"
 run "lint $STOCKMESH (ci/full-values.yaml)" helm lint --strict "$STOCKMESH" -f "$STOCKMESH/ci/full-values.yaml"
 run "lint $STOCKMESH (ci/external-values.yaml)" helm lint --strict "$STOCKMESH" -f "$STOCKMESH/ci/external-values.yaml"
+run "lint $STOCKMESH (ci/parity-values.yaml)" helm lint --strict "$STOCKMESH" -f "$STOCKMESH/ci/parity-values.yaml"
 run "lint $OPERATOR (default values)" helm lint --strict "$OPERATOR"
 run "lint $OPERATOR (ci/full-values.yaml)" helm lint --strict "$OPERATOR" -f "$OPERATOR/ci/full-values.yaml"
 
@@ -167,6 +173,31 @@ if [[ -f k8s/examples/minimal.yaml ]]; then
     fi
 else
     skip "example InventorySystem through the operator chart (k8s/examples/minimal.yaml not there yet)"
+fi
+
+echo "== chart and operator parity (issue 7)"
+# The operator's objects for k8s/examples/full.yaml (its `render` binary, built
+# quietly into \$CARGO_TARGET_DIR or target/) against the chart rendered with the
+# equivalent values, release named like the resource.
+PARITY_CR=k8s/examples/full.yaml
+PARITY_VALUES=$STOCKMESH/ci/parity-values.yaml
+if ! command -v cargo >/dev/null 2>&1; then
+    skip "chart/operator parity (cargo not installed)"
+elif ! cargo run -q --locked -p stockmesh-operator --bin render -- "$PARITY_CR" --redact \
+    >"$OUT/parity-operator.yaml" 2>"$OUT/render.err"; then
+    run "build and run the operator's render for $PARITY_CR" show_error "$OUT/render.err"
+elif ! helm template shop "$STOCKMESH" --namespace stockmesh -f "$PARITY_VALUES" \
+    >"$OUT/parity-chart.yaml" 2>"$OUT/render.err"; then
+    run "render $STOCKMESH ($PARITY_VALUES)" show_error "$OUT/render.err"
+else
+    run "parity: chart ($PARITY_VALUES) == operator ($PARITY_CR): ports, probes, env, security" \
+        "$PY" scripts/check_parity.py "$OUT/parity-operator.yaml" "$OUT/parity-chart.yaml"
+    # The check itself must notice a difference: a changed probe path.
+    sed 's#path: /readyz#path: /ready#' "$OUT/parity-chart.yaml" >"$OUT/parity-broken.yaml"
+    run "parity: a changed readiness path is reported" \
+        fails "$PY" scripts/check_parity.py "$OUT/parity-operator.yaml" "$OUT/parity-broken.yaml"
+    run "validate $STOCKMESH (parity values)" validate "$OUT/parity-chart.yaml"
+    run "stockmesh (parity values): contract" check stockmesh "$OUT/parity-chart.yaml" --tls
 fi
 
 echo "== generated operator artifacts in sync with the chart"

@@ -10,9 +10,11 @@
 //! 3. build the desired objects ([`crate::resources::build_all`]);
 //! 4. create generated Secrets that do not exist yet (never touching those
 //!    that do); server-side apply every other object whose
-//!    `stockmesh.io/applied-hash` annotation differs from the observed one —
-//!    in a steady state nothing is written; delete objects it owns that are
-//!    no longer desired (e.g. the Ingress after `ingress.enabled: false`);
+//!    `stockmesh.io/applied-hash` annotation differs from the observed one,
+//!    or that lacks a desired field or holds another value there (drift:
+//!    a manual edit, [`crate::drift`]) — in a steady state nothing is
+//!    written; delete objects it owns that are no longer desired (e.g. the
+//!    Ingress after `ingress.enabled: false`);
 //! 5. publish Events for what it created, updated, deleted or failed;
 //! 6. compute the status and patch it only if it changed.
 
@@ -30,6 +32,7 @@ use serde_json::json;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::crd::{InventorySystem, InventorySystemStatus, Phase};
+use crate::drift;
 use crate::metrics::Metrics;
 use crate::names::{self, Svc};
 use crate::resources::{self, BuildError, Desired, Kind, ObservedSecrets, WriteMode};
@@ -437,7 +440,7 @@ async fn reconcile_inner(obj: &InventorySystem, ctx: &Context) -> Result<Action,
         match write(ctx, &ns, d, &observed).await? {
             Written::Created => created.push(format!("{}/{}", d.kind.as_str(), d.name)),
             Written::Updated => updated.push(format!("{}/{}", d.kind.as_str(), d.name)),
-            Written::Unchanged => {}
+            Written::Repaired | Written::Unchanged => {}
         }
     }
     let mut wanted: BTreeSet<(Kind, String)> =
@@ -513,6 +516,9 @@ async fn reconcile_inner(obj: &InventorySystem, ctx: &Context) -> Result<Action,
 enum Written {
     Created,
     Updated,
+    /// Re-applied because a field of ours was edited by someone else (logged
+    /// and counted as `action="repair"`, no event).
+    Repaired,
     Unchanged,
 }
 
@@ -551,8 +557,17 @@ async fn write(
                 .and_then(|a| a.get(names::APPLIED_HASH_ANNOTATION))
                 .and_then(|v| v.as_str());
             let have = current.and_then(|c| c.annotations().get(names::APPLIED_HASH_ANNOTATION));
-            if want.is_some() && want == have.map(String::as_str) {
-                return Ok(Written::Unchanged);
+            let mut repair = None;
+            if let Some(current) = current
+                && want.is_some()
+                && want == have.map(String::as_str)
+            {
+                // Same desired object as last applied: write only if someone
+                // changed or removed one of our fields since (drift).
+                match drift::first_difference(&d.object, &serde_json::to_value(current)?) {
+                    None => return Ok(Written::Unchanged),
+                    Some(path) => repair = Some(path),
+                }
             }
             api.patch(
                 &d.name,
@@ -560,6 +575,16 @@ async fn write(
                 &Patch::Apply(&d.object),
             )
             .await?;
+            if let Some(path) = repair {
+                info!(
+                    kind = d.kind.as_str(),
+                    object = %d.name,
+                    field = %path,
+                    "drift repaired"
+                );
+                ctx.metrics.wrote(d.kind.as_str(), "repair");
+                return Ok(Written::Repaired);
+            }
             let action = if current.is_some() {
                 "update"
             } else {

@@ -8,6 +8,7 @@
 pub mod cli;
 pub mod controller;
 pub mod crd;
+pub mod drift;
 pub mod metrics;
 pub mod names;
 pub mod rbac;

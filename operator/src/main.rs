@@ -39,8 +39,10 @@ async fn main() -> anyhow::Result<()> {
             std::process::exit(2);
         }
     };
-    stockmesh_operator::telemetry::init()?;
-    run(opts).await
+    let telemetry = stockmesh_operator::telemetry::init()?;
+    let result = run(opts).await;
+    telemetry.shutdown();
+    result
 }
 
 async fn client(opts: &Options) -> anyhow::Result<Client> {

@@ -944,7 +944,9 @@ fn deployment(ctx: &Ctx<'_>, svc: Svc, config_hash: &str) -> Desired {
     };
     let liveness = http_probe("/healthz", 10, 3);
     let mut mounts = vec![json!({"name": "tmp", "mountPath": "/tmp"})];
-    let mut volumes = vec![json!({"name": "tmp", "emptyDir": {}})];
+    // A bounded scratch directory (the root filesystem is read-only); the
+    // chart mounts the same.
+    let mut volumes = vec![json!({"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}})];
     if svc.uses_jwt() {
         let mut items = vec![json!({"key": "public.pem", "path": "public.pem"})];
         if svc == Svc::User {

@@ -399,6 +399,107 @@ async fn steady_state_writes_nothing_and_status_only_when_it_changes() {
 }
 
 #[tokio::test]
+async fn a_manual_edit_of_a_child_is_repaired_with_exactly_one_apply() {
+    let fake = Fake::new();
+    // Quantities the API server rewrites (0.5 -> 500m, 1024Mi -> 1Gi, ...):
+    // their canonical forms are not drift.
+    let obj = system(
+        "shop",
+        json!({"services": {"order": {"replicas": 2, "resources": {
+            "requests": {"cpu": "0.5", "memory": "1024Mi"},
+            "limits": {"cpu": "1000m", "memory": "2048Mi"},
+        }}}}),
+        1,
+    );
+    assert!(run(&fake, &obj).await.0.is_ok());
+    set_ready(&fake, "shop", &[]);
+    assert!(run(&fake, &stored(&fake, "shop")).await.0.is_ok());
+    let deployments = coll("apps/v1", "deployments");
+    let served = fake
+        .lock()
+        .get(&deployments, "shop-order")
+        .expect("order")
+        .clone();
+    let container = &served["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["resources"]["requests"]["cpu"], "500m");
+    assert_eq!(container["resources"]["limits"]["cpu"], "1");
+
+    // Steady state: nothing written.
+    let (result, calls, _) = run(&fake, &stored(&fake, "shop")).await;
+    assert!(result.is_ok());
+    assert_eq!(lines(&writes(&calls)), Vec::<String>::new());
+
+    // Someone scales the order Deployment and swaps its image (kubectl edit);
+    // another controller adds an annotation (not ours: not drift).
+    let desired_image = served["spec"]["template"]["spec"]["containers"][0]["image"].clone();
+    {
+        let mut st = fake.lock();
+        let o = st.get_mut(&deployments, "shop-order").expect("order");
+        o["spec"]["replicas"] = json!(7);
+        o["spec"]["template"]["spec"]["containers"][0]["image"] = json!("evil/order:latest");
+        o["metadata"]["annotations"]["deployment.kubernetes.io/revision"] = json!("2");
+    }
+    let (result, calls, metrics) = run(&fake, &stored(&fake, "shop")).await;
+    assert_eq!(result, Ok(Action::requeue(Duration::from_secs(300))));
+    let w = writes(&calls);
+    assert_eq!(
+        lines(&w),
+        vec![format!("PATCH {deployments}/shop-order")],
+        "exactly one apply, of the edited Deployment"
+    );
+    assert!(w[0].query.contains("fieldManager=stockmesh-operator"));
+    assert!(w[0].query.contains("force=true"));
+    let body = w[0].body.as_ref().expect("apply body");
+    assert_eq!(body["spec"]["replicas"], 2);
+    assert_eq!(
+        body["spec"]["template"]["spec"]["containers"][0]["image"],
+        desired_image
+    );
+    let repaired = fake
+        .lock()
+        .get(&deployments, "shop-order")
+        .expect("order")
+        .clone();
+    assert_eq!(repaired["spec"]["replicas"], 2);
+    assert!(
+        metrics.encode().contains(
+            r#"stockmesh_operator_object_writes_total{kind="Deployment",action="repair"} 1"#
+        ),
+        "{}",
+        metrics.encode()
+    );
+
+    // Repaired (the changed pod template rolls out; the fake bumped the
+    // generation): once rolled out, the next reconcile writes nothing again.
+    set_ready(&fake, "shop", &[]);
+    let (_, calls, _) = run(&fake, &stored(&fake, "shop")).await;
+    assert_eq!(lines(&writes(&calls)), Vec::<String>::new());
+
+    // Drift of another kind: a ConfigMap value edited, a label removed.
+    let configmaps = coll("v1", "configmaps");
+    let services = coll("v1", "services");
+    {
+        let mut st = fake.lock();
+        st.get_mut(&configmaps, "shop-config").expect("config")["data"]["RUST_LOG"] =
+            json!("trace");
+        st.get_mut(&services, "shop-user").expect("service")["metadata"]["labels"]
+            .as_object_mut()
+            .expect("labels")
+            .remove("app.kubernetes.io/part-of");
+    }
+    let (_, calls, _) = run(&fake, &stored(&fake, "shop")).await;
+    assert_eq!(
+        lines(&writes(&calls)),
+        vec![
+            format!("PATCH {configmaps}/shop-config"),
+            format!("PATCH {services}/shop-user"),
+        ]
+    );
+    let (_, calls, _) = run(&fake, &stored(&fake, "shop")).await;
+    assert_eq!(lines(&writes(&calls)), Vec::<String>::new());
+}
+
+#[tokio::test]
 async fn a_deployment_not_ready_keeps_the_system_progressing() {
     let fake = Fake::new();
     let obj = system("shop", json!({}), 1);

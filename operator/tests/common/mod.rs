@@ -153,10 +153,22 @@ impl State {
                         "list"
                     },
                 );
+                // Like the API server, list items carry no apiVersion/kind.
                 let items: Vec<Value> = self
                     .objects
                     .get(&t.collection)
-                    .map(|m| m.values().cloned().collect())
+                    .map(|m| {
+                        m.values()
+                            .cloned()
+                            .map(|mut o| {
+                                if let Some(o) = o.as_object_mut() {
+                                    o.remove("apiVersion");
+                                    o.remove("kind");
+                                }
+                                o
+                            })
+                            .collect()
+                    })
                     .unwrap_or_default();
                 (
                     StatusCode::OK,
@@ -213,6 +225,7 @@ impl State {
                 if let Some(st) = existing.as_ref().and_then(|e| e.get("status")) {
                     obj["status"] = st.clone();
                 }
+                serve(&mut obj, existing.as_ref());
                 obj["metadata"]["resourceVersion"] = json!(rv);
                 self.insert(&t.collection, obj.clone());
                 (StatusCode::OK, obj)
@@ -234,6 +247,56 @@ impl State {
                 "unsupported",
             ),
         }
+    }
+}
+
+/// What the API server does to an applied object before storing it, as far
+/// as drift detection must cope with: server metadata, defaults, canonical
+/// resource quantities, empty strings dropped (`omitempty`).
+fn serve(obj: &mut Value, existing: Option<&Value>) {
+    let meta = &mut obj["metadata"];
+    let kept = |k: &str| existing.and_then(|e| e["metadata"].get(k)).cloned();
+    meta["uid"] = kept("uid").unwrap_or_else(|| json!(format!("uid-{}", meta["name"])));
+    meta["creationTimestamp"] = kept("creationTimestamp").unwrap_or(json!("2025-01-01T00:00:00Z"));
+    meta["generation"] = json!(kept("generation").and_then(|g| g.as_i64()).unwrap_or(0) + 1);
+    meta["managedFields"] = json!([{"manager": "stockmesh-operator", "operation": "Apply"}]);
+    if obj["kind"] == "Deployment" {
+        obj["spec"]["progressDeadlineSeconds"] = json!(600);
+        obj["spec"]["template"]["metadata"]["creationTimestamp"] = Value::Null;
+    }
+    canonicalise(obj, "");
+}
+
+fn canonicalise(v: &mut Value, key: &str) {
+    match v {
+        Value::Object(m) => {
+            if key == "env" {
+                // `value: ""` is dropped (omitempty).
+                if m.get("value") == Some(&json!("")) {
+                    m.remove("value");
+                }
+            }
+            for (k, child) in m.iter_mut() {
+                if matches!(key, "requests" | "limits")
+                    && let Value::String(q) = child
+                {
+                    // A few of the server's canonical forms.
+                    let canonical = match q.as_str() {
+                        "0.5" => "500m",
+                        "0.25" => "250m",
+                        "1000m" => "1",
+                        "1024Mi" => "1Gi",
+                        "2048Mi" => "2Gi",
+                        other => other,
+                    };
+                    *q = canonical.to_owned();
+                } else {
+                    canonicalise(child, k);
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(|c| canonicalise(c, key)),
+        _ => {}
     }
 }
 

@@ -1,0 +1,196 @@
+#!/usr/bin/env python3
+"""Parity of the Helm chart and the operator (issue 7), run by scripts/k8s-check.sh.
+
+    check_parity.py OPERATOR.yaml CHART.yaml [--name shop]
+
+OPERATOR.yaml is what the operator's builders make for an InventorySystem
+(`render k8s/examples/full.yaml --redact`), CHART.yaml what `helm template`
+makes with the equivalent values (charts/stockmesh/ci/parity-values.yaml,
+release named like the resource). For each of the five service Deployments
+`<name>-<service>` both must agree on (docs/deployment-contract.md is the
+reference for both):
+
+  - container ports: name, containerPort, protocol;
+  - startup/liveness/readiness probes: handler (httpGet path + port + scheme,
+    or grpc port + service) and timings (Kubernetes defaults filled in);
+  - env: the set of variable names, and for each its source: literal value,
+    ConfigMap key (compared by the value the ConfigMap holds in each render),
+    Secret name + key (values are generated, never compared), fieldRef;
+  - pod and container securityContext (exactly);
+  - image, imagePullPolicy, replicas, resources, the pod flags
+    (automountServiceAccountToken, enableServiceLinks,
+    terminationGracePeriodSeconds), the selector, volumes and mounts.
+
+Not compared, on purpose: labels and annotations (managed-by, helm.sh/chart,
+the config-hash is computed differently), serviceAccountName, scheduling
+(topology spread, node selector, tolerations), rollout strategy, and the
+external-mode Secret handling (the chart reads the external Secret, the
+operator copies it), which is why the parity values use managed stores.
+
+Prints one line per difference and exits 1 if there is any.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import yaml
+
+SERVICES = ["user", "product", "inventory", "order", "notification"]
+PROBES = ["startupProbe", "livenessProbe", "readinessProbe"]
+PROBE_DEFAULTS = {"initialDelaySeconds": 0, "timeoutSeconds": 1, "periodSeconds": 10,
+                  "successThreshold": 1, "failureThreshold": 3}
+
+problems: list[str] = []
+
+
+def load(path):
+    with open(path) as f:
+        return [d for d in yaml.safe_load_all(f) if d]
+
+
+def by_kind_name(docs, kind):
+    return {d["metadata"]["name"]: d for d in docs if d.get("kind") == kind}
+
+
+def norm_probe(p):
+    if p is None:
+        return None
+    out = {k: p.get(k, v) for k, v in PROBE_DEFAULTS.items()}
+    handlers = [k for k in ("httpGet", "grpc", "tcpSocket", "exec") if k in p]
+    out["handler"] = handlers
+    if "httpGet" in p:
+        h = p["httpGet"]
+        out["httpGet"] = {"path": h.get("path"), "port": h.get("port"),
+                          "scheme": h.get("scheme", "HTTP")}
+    if "grpc" in p:
+        out["grpc"] = {"port": p["grpc"].get("port"), "service": p["grpc"].get("service", "")}
+    if "tcpSocket" in p:
+        out["tcpSocket"] = {"port": p["tcpSocket"].get("port")}
+    if "exec" in p:
+        out["exec"] = p["exec"]
+    return out
+
+
+def env_sources(container, configmaps):
+    """name -> where its value comes from, with ConfigMap keys resolved."""
+    out = {}
+    for e in container.get("env", []):
+        name = e["name"]
+        if name in out:
+            problems.append(f"{container['name']}: env {name} defined twice")
+        if "valueFrom" not in e:
+            out[name] = ("value", str(e.get("value", "")))
+            continue
+        vf = e["valueFrom"]
+        if "configMapKeyRef" in vf:
+            ref = vf["configMapKeyRef"]
+            data = (configmaps.get(ref["name"]) or {}).get("data") or {}
+            value = data.get(ref["key"], f"<missing key {ref['key']} in ConfigMap {ref['name']}>")
+            out[name] = ("configMap", ref["name"], ref["key"], str(value))
+        elif "secretKeyRef" in vf:
+            ref = vf["secretKeyRef"]
+            out[name] = ("secret", ref["name"], ref["key"])
+        elif "fieldRef" in vf:
+            out[name] = ("field", vf["fieldRef"]["fieldPath"])
+        else:
+            out[name] = ("other", repr(vf))
+    return out
+
+
+def norm_volume(v):
+    v = dict(v)
+    if "emptyDir" in v:
+        v["emptyDir"] = dict(v["emptyDir"] or {})
+    if "secret" in v:
+        s = dict(v["secret"])
+        s.setdefault("defaultMode", 0o644)
+        s["items"] = sorted(s.get("items", []), key=lambda i: i["key"])
+        v["secret"] = s
+    return v
+
+
+def norm_mount(m):
+    return {"name": m["name"], "mountPath": m["mountPath"], "readOnly": m.get("readOnly", False),
+            "subPath": m.get("subPath", "")}
+
+
+def compare(what, op, ch):
+    if op != ch:
+        problems.append(f"{what}: operator {op!r} != chart {ch!r}")
+
+
+def compare_deployment(svc, op_dep, ch_dep, op_cms, ch_cms):
+    label = f"Deployment {op_dep['metadata']['name']}"
+    op_pod, ch_pod = op_dep["spec"]["template"]["spec"], ch_dep["spec"]["template"]["spec"]
+    compare(f"{label}: replicas", op_dep["spec"].get("replicas"), ch_dep["spec"].get("replicas"))
+    compare(f"{label}: selector", op_dep["spec"]["selector"], ch_dep["spec"]["selector"])
+    for flag, default in (("automountServiceAccountToken", True), ("enableServiceLinks", True),
+                          ("terminationGracePeriodSeconds", 30)):
+        compare(f"{label}: pod {flag}", op_pod.get(flag, default), ch_pod.get(flag, default))
+    compare(f"{label}: pod securityContext", op_pod.get("securityContext"), ch_pod.get("securityContext"))
+    compare(f"{label}: volumes",
+            sorted((norm_volume(v) for v in op_pod.get("volumes", [])), key=lambda v: v["name"]),
+            sorted((norm_volume(v) for v in ch_pod.get("volumes", [])), key=lambda v: v["name"]))
+    op_cs = {c["name"]: c for c in op_pod["containers"]}
+    ch_cs = {c["name"]: c for c in ch_pod["containers"]}
+    compare(f"{label}: containers", sorted(op_cs), sorted(ch_cs))
+    if svc not in op_cs or svc not in ch_cs:
+        return
+    oc, cc = op_cs[svc], ch_cs[svc]
+    cl = f"{label} container {svc}"
+    for key in ("image", "imagePullPolicy", "resources", "securityContext"):
+        compare(f"{cl}: {key}", oc.get(key), cc.get(key))
+
+    def ports(c):
+        return sorted((p.get("name"), p["containerPort"], p.get("protocol", "TCP")) for p in c.get("ports", []))
+
+    compare(f"{cl}: ports (name, port, protocol)", ports(oc), ports(cc))
+    for p in PROBES:
+        compare(f"{cl}: {p}", norm_probe(oc.get(p)), norm_probe(cc.get(p)))
+    oe, ce = env_sources(oc, op_cms), env_sources(cc, ch_cms)
+    only_op, only_ch = sorted(set(oe) - set(ce)), sorted(set(ce) - set(oe))
+    if only_op:
+        problems.append(f"{cl}: env only set by the operator: {', '.join(only_op)}")
+    if only_ch:
+        problems.append(f"{cl}: env only set by the chart: {', '.join(only_ch)}")
+    for name in sorted(set(oe) & set(ce)):
+        compare(f"{cl}: env {name}", oe[name], ce[name])
+    compare(f"{cl}: volumeMounts",
+            sorted((norm_mount(m) for m in oc.get("volumeMounts", [])), key=lambda m: m["mountPath"]),
+            sorted((norm_mount(m) for m in cc.get("volumeMounts", [])), key=lambda m: m["mountPath"]))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("operator")
+    ap.add_argument("chart")
+    ap.add_argument("--name", default="shop", help="the InventorySystem / release name")
+    a = ap.parse_args()
+    op_docs, ch_docs = load(a.operator), load(a.chart)
+    op_deps, ch_deps = by_kind_name(op_docs, "Deployment"), by_kind_name(ch_docs, "Deployment")
+    op_cms, ch_cms = by_kind_name(op_docs, "ConfigMap"), by_kind_name(ch_docs, "ConfigMap")
+    compared = 0
+    for svc in SERVICES:
+        name = f"{a.name}-{svc}"
+        if name not in op_deps:
+            problems.append(f"Deployment {name}: not rendered by the operator")
+        if name not in ch_deps:
+            problems.append(f"Deployment {name}: not rendered by the chart")
+        if name in op_deps and name in ch_deps:
+            compare_deployment(svc, op_deps[name], ch_deps[name], op_cms, ch_cms)
+            compared += 1
+    for p in problems:
+        print(f"  - {p}")
+    print(f"compared {compared} of {len(SERVICES)} service Deployments: "
+          f"{'no differences' if not problems else f'{len(problems)} difference(s)'}")
+    sys.exit(1 if problems else 0)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (OSError, yaml.YAMLError, KeyError, TypeError) as e:
+        print(f"  - cannot compare: {type(e).__name__}: {e} (did a render fail?)")
+        sys.exit(1)
