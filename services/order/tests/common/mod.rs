@@ -61,6 +61,8 @@ impl System {
             ("GRPC_ADDR", "127.0.0.1:0"),
             ("DATABASE_URL", &inventory_db.url),
             ("DATABASE_MAX_CONNECTIONS", "20"),
+            ("DATABASE_ACQUIRE_TIMEOUT_MS", "15000"),
+            ("REQUEST_TIMEOUT_MS", "30000"),
         ]))
         .unwrap();
         let inventory = stockmesh_inventory::startup::Application::build(config)
@@ -80,6 +82,9 @@ impl System {
             ("DATABASE_URL", &product_db.url),
             ("JWT_PUBLIC_KEY", &keys.public_pem),
             ("INVENTORY_GRPC_URL", &format!("http://{inventory_grpc}")),
+            ("DATABASE_MAX_CONNECTIONS", "20"),
+            ("DATABASE_ACQUIRE_TIMEOUT_MS", "15000"),
+            ("REQUEST_TIMEOUT_MS", "30000"),
         ]))
         .unwrap();
         let product = stockmesh_product::startup::Application::build(config)
@@ -108,6 +113,13 @@ impl System {
             ("PRODUCT_GRPC_URL", product_url.as_str()),
             ("INVENTORY_GRPC_URL", inventory_url.as_str()),
             ("INVENTORY_CONNECT_TIMEOUT_MS", "300"),
+            // Generous budgets: 300 concurrent debug-build orders on two
+            // shared cores must not turn into timeouts (the oversell test
+            // asserts exact counts; its subject is atomicity, not speed).
+            ("DATABASE_ACQUIRE_TIMEOUT_MS", "15000"),
+            ("REQUEST_TIMEOUT_MS", "30000"),
+            ("INVENTORY_TIMEOUT_MS", "15000"),
+            ("PRODUCT_TIMEOUT_MS", "15000"),
             ("OUTBOX_POLL_MS", "200"),
             ("SWEEP_INTERVAL_MS", "300"),
         ];
