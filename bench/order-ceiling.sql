@@ -19,13 +19,13 @@ INSERT INTO orders (id, user_id, product_id, product_name, quantity, unit_price_
 COMMIT;
 BEGIN;
 INSERT INTO reservations (order_id, product_id, quantity, state)
-  VALUES (:'o_id', ('00000000-0000-0000-0000-' || lpad(:p::text, 12, '0'))::uuid, :q, 'reserved') ON CONFLICT (order_id) DO NOTHING;
+  VALUES (':o_id'::uuid, ('00000000-0000-0000-0000-' || lpad(:p::text, 12, '0'))::uuid, :q, 'reserved') ON CONFLICT (order_id) DO NOTHING;
 UPDATE stock SET available = available - :q, reserved = reserved + :q, updated_at = now()
   WHERE product_id = ('00000000-0000-0000-0000-' || lpad(:p::text, 12, '0'))::uuid AND available >= :q
   RETURNING product_id, available, reserved;
 COMMIT;
 BEGIN;
-UPDATE orders SET status = 'CONFIRMED', needs_release = false, updated_at = now() WHERE id = :'o_id' AND status = 'PENDING';
+UPDATE orders SET status = 'CONFIRMED', needs_release = false, updated_at = now() WHERE id = ':o_id'::uuid AND status = 'PENDING';
 INSERT INTO outbox (event_id, routing_key, payload, trace_context)
   VALUES (gen_random_uuid(), 'order.confirmed', '{"type":"order.confirmed","version":1}', '{}') RETURNING id \gset ob_
 COMMIT;
@@ -34,5 +34,5 @@ SELECT id FROM outbox WHERE id = :ob_id AND published_at IS NULL FOR UPDATE SKIP
 UPDATE outbox SET published_at = now() WHERE id = :ob_id;
 COMMIT;
 INSERT INTO notifications (id, event_id, user_id, order_id, kind, message)
-  VALUES (gen_random_uuid(), gen_random_uuid(), gen_random_uuid(), :'o_id', 'order.confirmed', 'Your order is confirmed.')
+  VALUES (gen_random_uuid(), gen_random_uuid(), gen_random_uuid(), ':o_id'::uuid, 'order.confirmed', 'Your order is confirmed.')
   ON CONFLICT (event_id) DO NOTHING;

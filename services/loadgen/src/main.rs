@@ -58,8 +58,8 @@ async fn run(options: Options) -> anyhow::Result<u64> {
     let api = Api::new(&options.base_url)?;
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
     eprintln!(
-        "loadgen: preparing {} shoppers and {} products on {}",
-        options.users, options.products, options.base_url
+        "loadgen: preparing {} shoppers and {} products (users at {})",
+        options.users, options.products, api.users
     );
     let admin = api
         .login(&options.admin_email, &options.admin_password)
@@ -244,7 +244,7 @@ async fn notification_lag(
     while Instant::now() < give_up {
         if let Ok(response) = api
             .http
-            .get(format!("{}/api/notifications?limit=20", api.notifications))
+            .get(format!("{}/api/notifications?limit=100", api.notifications))
             .bearer_auth(token)
             .send()
             .await
@@ -253,7 +253,8 @@ async fn notification_lag(
         {
             return Some(since.elapsed());
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        // Light polling: the measurement must not become the load.
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     None
 }
