@@ -6,6 +6,7 @@
 //! id, so concurrent and repeated calls cannot oversell or double-count.
 
 use sqlx::{PgPool, Postgres, Row, Transaction};
+use stockmesh_platform::db::span as db_span;
 use tracing::Instrument;
 use uuid::Uuid;
 
@@ -34,17 +35,6 @@ pub struct InventoryRepository {
 }
 
 /// A client span for one database operation (name, never parameter values).
-fn db_span(operation: &'static str, table: &'static str) -> tracing::Span {
-    tracing::info_span!(
-        "db",
-        otel.name = format!("{operation} {table}"),
-        otel.kind = "client",
-        db.system.name = "postgresql",
-        db.operation.name = operation,
-        db.collection.name = table,
-    )
-}
-
 fn foreign_key_violation(err: &sqlx::Error) -> bool {
     matches!(err, sqlx::Error::Database(db) if db.code().as_deref() == Some("23503"))
 }

@@ -1,6 +1,7 @@
 //! PostgreSQL storage of notifications.
 
 use sqlx::{PgPool, Row};
+use stockmesh_platform::db::span as db_span;
 use tracing::Instrument;
 use uuid::Uuid;
 
@@ -13,18 +14,6 @@ pub struct NotificationRepository {
 }
 
 const COLUMNS: &str = "id, event_id, user_id, order_id, kind, message, created_at, read_at";
-
-/// A client span around one database operation.
-fn db_span(operation: &'static str, table: &'static str) -> tracing::Span {
-    tracing::info_span!(
-        "db",
-        otel.name = format!("{operation} {table}"),
-        otel.kind = "client",
-        db.system.name = "postgresql",
-        db.operation.name = operation,
-        db.collection.name = table,
-    )
-}
 
 fn notification_from_row(row: &sqlx::postgres::PgRow) -> Result<Notification, NotificationError> {
     let kind: String = row.try_get("kind")?;

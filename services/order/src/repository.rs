@@ -1,6 +1,7 @@
 //! PostgreSQL storage of orders and of the outbox.
 
 use std::collections::HashMap;
+use stockmesh_platform::db::span as db_span;
 
 use sqlx::{PgPool, Row};
 use tracing::Instrument;
@@ -11,17 +12,6 @@ use crate::error::OrderError;
 
 const COLUMNS: &str = "id, user_id, product_id, product_name, quantity, unit_price_minor, total_minor, currency, \
                        status, failure_reason, idempotency_key, request_hash, created_at, updated_at";
-
-fn db_span(operation: &'static str, table: &'static str) -> tracing::Span {
-    tracing::info_span!(
-        "db",
-        otel.name = format!("{operation} {table}"),
-        otel.kind = "client",
-        db.system.name = "postgresql",
-        db.operation.name = operation,
-        db.collection.name = table,
-    )
-}
 
 fn order_from_row(row: &sqlx::postgres::PgRow) -> Result<Order, OrderError> {
     let status: String = row.try_get("status")?;

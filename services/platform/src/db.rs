@@ -45,6 +45,19 @@ pub async fn migrate(pool: &PgPool, migrator: &Migrator, attempts: u32) -> anyho
     Err(anyhow::anyhow!("database unreachable; migrations not run"))
 }
 
+/// A client span for one database operation, named by operation and table
+/// (never by parameter values), following the OpenTelemetry db conventions.
+pub fn span(operation: &'static str, table: &'static str) -> tracing::Span {
+    tracing::info_span!(
+        "db",
+        otel.name = format!("{operation} {table}"),
+        otel.kind = "client",
+        db.system.name = "postgresql",
+        db.operation.name = operation,
+        db.collection.name = table,
+    )
+}
+
 /// Whether an error means the database could not be reached (as opposed to
 /// a query that the database refused).
 pub fn is_connection_error(err: &sqlx::Error) -> bool {
