@@ -40,6 +40,7 @@ impl ProductApi for ProductGrpc {
         let id = Uuid::parse_str(request.get_ref().id.trim())
             .map_err(|_| ProductError::InvalidId("id"))?;
         let product = self.service.get(id).await?;
+        tracing::debug!(product_id = %id, "product read");
         Ok(Response::new(pb::GetProductResponse {
             product: Some(to_pb(product)),
         }))
