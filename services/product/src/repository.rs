@@ -1,6 +1,8 @@
 //! PostgreSQL storage of the catalog.
 
 use sqlx::{PgPool, Row};
+use stockmesh_platform::db::span as db_span;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::domain::{Money, Product};
@@ -62,6 +64,7 @@ impl ProductRepository {
         .bind(&price.currency)
         .bind(initial_stock)
         .fetch_one(&self.pool)
+        .instrument(db_span("insert", "products"))
         .await?;
         product_from_row(&row)
     }
@@ -70,6 +73,7 @@ impl ProductRepository {
         sqlx::query("UPDATE products SET stock_status = 'synced' WHERE id = $1")
             .bind(id)
             .execute(&self.pool)
+            .instrument(db_span("update", "products"))
             .await?;
         Ok(())
     }
@@ -82,6 +86,7 @@ impl ProductRepository {
         )))
         .bind(limit)
         .fetch_all(&self.pool)
+        .instrument(db_span("select", "products"))
         .await?;
         rows.iter().map(product_from_row).collect()
     }
@@ -92,6 +97,7 @@ impl ProductRepository {
         )))
         .bind(id)
         .fetch_optional(&self.pool)
+        .instrument(db_span("select", "products"))
         .await?;
         row.as_ref().map(product_from_row).transpose()
     }
@@ -102,6 +108,7 @@ impl ProductRepository {
         )))
         .bind(ids)
         .fetch_all(&self.pool)
+        .instrument(db_span("select", "products"))
         .await?;
         rows.iter().map(product_from_row).collect()
     }
@@ -113,10 +120,12 @@ impl ProductRepository {
         .bind(limit)
         .bind(offset)
         .fetch_all(&self.pool)
+        .instrument(db_span("select", "products"))
         .await?;
         let total: i64 =
             sqlx::query_scalar("SELECT count(*) FROM products WHERE deleted_at IS NULL")
                 .fetch_one(&self.pool)
+                .instrument(db_span("select", "products"))
                 .await?;
         Ok((
             rows.iter()
@@ -142,6 +151,7 @@ impl ProductRepository {
         .bind(changes.price.as_ref().map(|p| p.amount_minor))
         .bind(changes.price.as_ref().map(|p| p.currency.as_str()))
         .fetch_optional(&self.pool)
+        .instrument(db_span("update", "products"))
         .await?;
         row.as_ref()
             .map(product_from_row)
@@ -155,6 +165,7 @@ impl ProductRepository {
         )
         .bind(id)
         .execute(&self.pool)
+        .instrument(db_span("update", "products"))
         .await?;
         if done.rows_affected() == 0 {
             return Err(ProductError::NotFound);

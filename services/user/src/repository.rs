@@ -2,6 +2,8 @@
 
 use sqlx::{PgPool, Row};
 use stockmesh_platform::auth::Role;
+use stockmesh_platform::db::span as db_span;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::domain::User;
@@ -62,6 +64,7 @@ impl UserRepository {
         .bind(password_hash)
         .bind(role.as_str())
         .fetch_one(&self.pool)
+        .instrument(db_span("insert", "users"))
         .await
         .map_err(|e| {
             if unique_violation(&e) {
@@ -91,6 +94,7 @@ impl UserRepository {
         .bind(password_hash)
         .bind(role.as_str())
         .execute(&self.pool)
+        .instrument(db_span("insert", "users"))
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -101,6 +105,7 @@ impl UserRepository {
         )))
         .bind(email)
         .fetch_optional(&self.pool)
+        .instrument(db_span("select", "users"))
         .await?;
         row.as_ref().map(user_from_row).transpose()
     }
@@ -111,6 +116,7 @@ impl UserRepository {
         )))
         .bind(id)
         .fetch_optional(&self.pool)
+        .instrument(db_span("select", "users"))
         .await?;
         row.as_ref().map(user_from_row).transpose()
     }
@@ -122,9 +128,11 @@ impl UserRepository {
         .bind(limit)
         .bind(offset)
         .fetch_all(&self.pool)
+        .instrument(db_span("select", "users"))
         .await?;
         let total: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
             .fetch_one(&self.pool)
+            .instrument(db_span("select", "users"))
             .await?;
         let users = rows.iter().map(user_from_row).collect::<Result<_, _>>()?;
         Ok((users, total))
@@ -147,6 +155,7 @@ impl UserRepository {
         .bind(changes.password_hash.as_deref())
         .bind(changes.role.map(Role::as_str))
         .fetch_optional(&mut *tx)
+        .instrument(db_span("update", "users"))
         .await
         .map_err(|e| {
             if unique_violation(&e) {
@@ -170,6 +179,7 @@ impl UserRepository {
         let done = sqlx::query("DELETE FROM users WHERE id = $1")
             .bind(id)
             .execute(&mut *tx)
+            .instrument(db_span("delete", "users"))
             .await?;
         if done.rows_affected() == 0 {
             return Err(UserError::NotFound);
@@ -187,6 +197,7 @@ impl UserRepository {
         let admins: Vec<Uuid> =
             sqlx::query_scalar("SELECT id FROM users WHERE role = 'admin' FOR UPDATE")
                 .fetch_all(&mut **tx)
+                .instrument(db_span("update", "users"))
                 .await?;
         if admins == [id] {
             return Err(UserError::LastAdmin);
