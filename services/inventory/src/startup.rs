@@ -76,11 +76,8 @@ impl Application {
             grpc_listener,
             metrics,
         } = self;
-        let check_pool = pool.clone();
-        let readiness = Readiness::new(shutdown.clone()).with_check("database", move || {
-            let pool = check_pool.clone();
-            async move { db::ping(&pool).await }
-        });
+        let readiness =
+            Readiness::new(shutdown.clone()).with_check("database", db::readiness_check(&pool));
 
         let service = InventoryService::new(InventoryRepository::new(pool.clone()));
         let routes =

@@ -38,7 +38,10 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/api/notifications", get(list))
         .route("/api/notifications/{id}/read", post(mark_read))
-        .route("/api/notifications/openapi.json", get(openapi))
+        .route(
+            "/api/notifications/openapi.json",
+            stockmesh_platform::openapi::route::<ApiDoc, _>(),
+        )
         .with_state(state)
 }
 
@@ -91,14 +94,3 @@ async fn mark_read(
     tags((name = "notifications", description = "The caller's notifications"))
 )]
 pub struct ApiDoc;
-
-/// The OpenAPI document, with the shared security schemes.
-pub fn openapi_document() -> utoipa::openapi::OpenApi {
-    let mut doc = ApiDoc::openapi();
-    stockmesh_platform::openapi::add_security_schemes(&mut doc);
-    doc
-}
-
-async fn openapi() -> Json<utoipa::openapi::OpenApi> {
-    Json(openapi_document())
-}

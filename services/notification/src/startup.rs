@@ -76,13 +76,9 @@ impl Application {
             verifier,
         } = self;
         let status = ConsumerStatus::default();
-        let check_pool = pool.clone();
         let check_status = status.clone();
         let readiness = Readiness::new(shutdown.clone())
-            .with_check("database", move || {
-                let pool = check_pool.clone();
-                async move { db::ping(&pool).await }
-            })
+            .with_check("database", db::readiness_check(&pool))
             .with_check("broker", move || check_status.clone().check());
         let consumer = Consumer::new(
             config.consumer.clone(),

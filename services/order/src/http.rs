@@ -51,7 +51,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/orders", get(list).post(place))
         .route("/api/orders/{id}", get(get_order))
         .route("/api/orders/{id}/cancel", post(cancel))
-        .route("/api/orders/openapi.json", get(openapi))
+        .route(
+            "/api/orders/openapi.json",
+            stockmesh_platform::openapi::route::<ApiDoc, _>(),
+        )
         .with_state(state)
 }
 
@@ -165,13 +168,3 @@ async fn cancel(
     tags((name = "orders", description = "Placing, reading and cancelling orders"))
 )]
 pub struct ApiDoc;
-
-pub fn openapi_document() -> utoipa::openapi::OpenApi {
-    let mut doc = ApiDoc::openapi();
-    stockmesh_platform::openapi::add_security_schemes(&mut doc);
-    doc
-}
-
-async fn openapi() -> Json<utoipa::openapi::OpenApi> {
-    Json(openapi_document())
-}

@@ -88,14 +88,11 @@ impl Application {
             relay_wake,
             ..
         } = self;
-        let check_pool = pool.clone();
         // Ready = the database answers. The broker is not a readiness
         // condition: orders keep being accepted while it is down (the
         // outbox holds their events).
-        let readiness = Readiness::new(shutdown.clone()).with_check("database", move || {
-            let pool = check_pool.clone();
-            async move { db::ping(&pool).await }
-        });
+        let readiness =
+            Readiness::new(shutdown.clone()).with_check("database", db::readiness_check(&pool));
         let relay_metrics = RelayMetrics::register(&metrics, &pool);
         shutdown.spawn(outbox::run(
             pool.clone(),

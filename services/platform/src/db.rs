@@ -77,6 +77,18 @@ pub fn is_connection_error(err: &sqlx::Error) -> bool {
     }
 }
 
+/// The standard `database` readiness check of a service, for
+/// [`crate::health::Readiness::with_check`].
+pub fn readiness_check(
+    pool: &PgPool,
+) -> impl Fn() -> futures::future::BoxFuture<'static, Result<(), String>> + Send + Sync + 'static {
+    let pool = pool.clone();
+    move || {
+        let pool = pool.clone();
+        Box::pin(async move { ping(&pool).await })
+    }
+}
+
 /// Readiness check: one round trip.
 pub async fn ping(pool: &PgPool) -> Result<(), String> {
     sqlx::query("SELECT 1")

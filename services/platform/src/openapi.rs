@@ -1,6 +1,8 @@
 //! Pieces every service's OpenAPI document shares: the auth schemes and the
 //! error responses.
 
+use axum::Json;
+use axum::routing::{MethodRouter, get};
 use utoipa::openapi::OpenApi;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 
@@ -23,4 +25,20 @@ pub fn add_security_schemes(doc: &mut OpenApi) {
             crate::auth::SESSION_COOKIE,
         ))),
     );
+}
+
+/// A service's document `D` with the shared security schemes.
+pub fn document<D: utoipa::OpenApi>() -> OpenApi {
+    let mut doc = D::openapi();
+    add_security_schemes(&mut doc);
+    doc
+}
+
+/// `GET` handler serving `document::<D>()` (mount at `/api/<service>/openapi.json`).
+pub fn route<D, S>() -> MethodRouter<S>
+where
+    D: utoipa::OpenApi + 'static,
+    S: Clone + Send + Sync + 'static,
+{
+    get(|| async { Json(document::<D>()) })
 }

@@ -115,7 +115,10 @@ pub fn router(state: AppState) -> Router {
             get(get_product).patch(update).delete(delete),
         )
         .route("/api/products/{id}/stock", put(set_stock))
-        .route("/api/products/openapi.json", get(openapi))
+        .route(
+            "/api/products/openapi.json",
+            stockmesh_platform::openapi::route::<ApiDoc, _>(),
+        )
         .with_state(state)
 }
 
@@ -284,13 +287,3 @@ async fn set_stock(
     tags((name = "products", description = "Catalog and stock administration"))
 )]
 pub struct ApiDoc;
-
-pub fn openapi_document() -> utoipa::openapi::OpenApi {
-    let mut doc = ApiDoc::openapi();
-    stockmesh_platform::openapi::add_security_schemes(&mut doc);
-    doc
-}
-
-async fn openapi() -> Json<utoipa::openapi::OpenApi> {
-    Json(openapi_document())
-}

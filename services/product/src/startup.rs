@@ -85,13 +85,10 @@ impl Application {
             service,
             verifier,
         } = self;
-        let check_pool = pool.clone();
         // Readiness is the database only: the catalog keeps serving (with
         // unknown stock) while inventory is down.
-        let readiness = Readiness::new(shutdown.clone()).with_check("database", move || {
-            let pool = check_pool.clone();
-            async move { db::ping(&pool).await }
-        });
+        let readiness =
+            Readiness::new(shutdown.clone()).with_check("database", db::readiness_check(&pool));
 
         let routes = tonic::service::Routes::new(ProductServiceServer::new(ProductGrpc::new(
             service.clone(),

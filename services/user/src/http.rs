@@ -95,7 +95,10 @@ pub fn router(state: AppState) -> Router {
             "/api/users/{id}",
             get(get_user).patch(update).delete(delete),
         )
-        .route("/api/users/openapi.json", get(openapi))
+        .route(
+            "/api/users/openapi.json",
+            stockmesh_platform::openapi::route::<ApiDoc, _>(),
+        )
         .with_state(state)
 }
 
@@ -292,14 +295,3 @@ async fn delete(
     tags((name = "users", description = "Accounts and sessions"))
 )]
 pub struct ApiDoc;
-
-/// The OpenAPI document, with the shared security schemes.
-pub fn openapi_document() -> utoipa::openapi::OpenApi {
-    let mut doc = ApiDoc::openapi();
-    stockmesh_platform::openapi::add_security_schemes(&mut doc);
-    doc
-}
-
-async fn openapi() -> Json<utoipa::openapi::OpenApi> {
-    Json(openapi_document())
-}

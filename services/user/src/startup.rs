@@ -81,11 +81,8 @@ impl Application {
             service,
             verifier,
         } = self;
-        let check_pool = pool.clone();
-        let readiness = Readiness::new(shutdown.clone()).with_check("database", move || {
-            let pool = check_pool.clone();
-            async move { db::ping(&pool).await }
-        });
+        let readiness =
+            Readiness::new(shutdown.clone()).with_check("database", db::readiness_check(&pool));
         let state = AppState {
             service,
             verifier,
