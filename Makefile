@@ -3,7 +3,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 CARGO ?= cargo
 
-.PHONY: help build test run bench lint fmt clippy infra-up infra-down clean
+.PHONY: help build test run bench profile lint fmt clippy infra-up infra-down clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  \033[1m%-12s\033[0m %s\n", $$1, $$2}'
@@ -19,6 +19,9 @@ run: ## Run the whole system locally in the foreground (Ctrl-C stops it)
 
 bench: ## Benchmark the order flow against the pgbench ceiling (release build; not part of test)
 	scripts/bench.sh
+
+profile: ## `make bench` plus a perf profile of every process at the peak (bench/results/<date>-profile.txt)
+	BENCH_PROFILE=1 scripts/bench.sh
 
 lint: ## Formatting check and clippy with warnings as errors
 	$(CARGO) fmt --all -- --check

@@ -13,7 +13,10 @@
 #  4. idle RSS of each service after start-up and its time from start to ready.
 #
 # Results: bench/results/<date>.json and .md. Not part of `make test`.
-# Tunables: BENCH_SECONDS (per step, default 10), BENCH_PORT_BASE (default 57000).
+# Tunables: BENCH_SECONDS (per step, default 10), BENCH_PORT_BASE (default 57000),
+# BENCH_PROFILE=1 (`make profile`): one more closed-loop run at the peak under
+# `perf record -a` (CPU samples of every process on the machine), summarised
+# per process and per symbol into bench/results/<date>-profile.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -130,6 +133,26 @@ done
 target="$(awk -v b="$best" 'BEGIN { printf "%.1f", b * 0.7 }')"
 log "stockmesh: open loop at 70 % of peak ($target orders/s)"
 loadgen --rate "$target" --lag-every 20 --json "$STACK_STATE/open-70.json" || true
+
+if [ "${BENCH_PROFILE:-0}" = 1 ]; then
+  if command -v perf >/dev/null; then
+    profile="$out_dir/$stamp-profile.txt"
+    log "profile: perf record -a during a closed loop at concurrency $best_c"
+    perf record -q -F 499 -a -o "$STACK_STATE/perf.data" -- \
+      "$STACK_BIN/loadgen" --admin-email "$admin_email" --admin-password "$admin_password" \
+        --mode orders --users 32 --products 20 --stock 100000000 --duration "$seconds" --quiet \
+        --concurrency "$best_c" --lag-every 0 >/dev/null 2>&1 || true
+    {
+      echo "# CPU samples by process (perf record -a -F 499, closed loop at concurrency $best_c)"
+      perf report -i "$STACK_STATE/perf.data" --stdio --no-children --sort comm --percent-limit 0.5 2>/dev/null | grep -v '^$'
+      echo; echo "# Top symbols"
+      perf report -i "$STACK_STATE/perf.data" --stdio --no-children --sort comm,dso,sym --percent-limit 0.4 2>/dev/null | grep -v '^$'
+    } >"$profile"
+    log "profile: $profile"
+  else
+    log "profile: perf not found (Debian package linux-perf); skipped"
+  fi
+fi
 
 # ---------------------------------------------------------------- report
 rss_json="{"; ready_json="{"

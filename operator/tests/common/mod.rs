@@ -391,10 +391,13 @@ pub fn system(name: &str, spec: Value, generation: i64) -> InventorySystem {
 
 /// The workspace root (where `scripts/` and `k8s/` live).
 pub fn repo_root() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("operator/ has a parent")
-        .to_path_buf()
+    // Run time, not `env!`: the binary may have been built in another checkout.
+    std::path::PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
+    )
+    .parent()
+    .expect("operator/ has a parent")
+    .to_path_buf()
 }
 
 /// Path of a checking tool installed by `scripts/tools.sh` (which installs

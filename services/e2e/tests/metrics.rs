@@ -9,18 +9,29 @@ use common::{Stack, Svc, eventually};
 use reqwest::StatusCode;
 
 /// The value of the first sample line that starts with `series` and
-/// contains every `label`.
+/// contains every `label` (an OpenMetrics exemplar after ` # ` is ignored).
 fn sample(text: &str, series: &str, labels: &[&str]) -> Option<f64> {
     text.lines()
         .filter(|l| !l.starts_with('#'))
+        .map(|l| l.split(" # ").next().unwrap_or(l))
         .find(|l| l.starts_with(series) && labels.iter().all(|label| l.contains(label)))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
 }
 
+/// Trace ids of the exemplars on `series` lines carrying every `label`.
+fn exemplar_trace_ids(text: &str, series: &str, labels: &[&str]) -> Vec<String> {
+    text.lines()
+        .filter(|l| l.starts_with(series) && labels.iter().all(|label| l.contains(label)))
+        .filter_map(|l| l.split_once(" # {trace_id=\"").map(|(_, rest)| rest))
+        .filter_map(|rest| rest.split('"').next())
+        .map(str::to_owned)
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_service_exports_its_series() {
-    let stack = Stack::start().await;
+    let mut stack = Stack::start().await;
     let (token, _) = stack.register("metered").await;
     let admin = stack.admin_token().await;
     let product = stack.create_product(&admin, 5).await;
@@ -34,6 +45,7 @@ async fn every_service_exports_its_series() {
         (stack.notifications(&token).await.len() == 3).then_some(())
     })
     .await;
+    let order_log = std::fs::read_to_string(&stack.process(Svc::Order).log).unwrap_or_default();
 
     let scrape = |svc: Svc| {
         let url = stack.url(svc, "/metrics");
@@ -98,6 +110,28 @@ async fn every_service_exports_its_series() {
         ),
         Some(1.0)
     );
+    // Latency buckets carry an exemplar: the trace id of a sampled request.
+    let exemplars = exemplar_trace_ids(
+        &order,
+        "stockmesh_http_server_request_duration_seconds_bucket",
+        &[r#"route="/api/orders""#],
+    );
+    assert!(
+        !exemplars.is_empty(),
+        "no exemplar on the order latency:\n{order}"
+    );
+    for trace_id in &exemplars {
+        assert!(
+            trace_id.len() == 32 && trace_id.chars().all(|c| c.is_ascii_hexdigit()),
+            "exemplar trace id {trace_id:?}"
+        );
+    }
+    assert!(
+        exemplars
+            .iter()
+            .any(|id| order_log.contains(&format!("\"trace_id\":\"{id}\""))),
+        "an exemplar's trace id leads to the order service's logs"
+    );
     assert_eq!(
         sample(
             &order,
@@ -119,6 +153,15 @@ async fn every_service_exports_its_series() {
     assert_eq!(backlog, 0.0);
 
     let inventory = scrape(Svc::Inventory).await;
+    assert!(
+        !exemplar_trace_ids(
+            &inventory,
+            "stockmesh_grpc_server_handling_seconds_bucket",
+            &[r#"method="Reserve""#]
+        )
+        .is_empty(),
+        "gRPC server latency carries exemplars too:\n{inventory}"
+    );
     assert_eq!(
         sample(
             &inventory,
@@ -135,6 +178,22 @@ async fn every_service_exports_its_series() {
         )
         .is_some_and(|v| v >= 4.0)
     );
+    // Four orders of one product: order asked product at least once and
+    // answered the rest from its short-lived product cache.
+    let hits = sample(
+        &order,
+        "stockmesh_order_product_cache_lookups_total",
+        &[r#"result="hit""#],
+    )
+    .unwrap_or(0.0);
+    let misses = sample(
+        &order,
+        "stockmesh_order_product_cache_lookups_total",
+        &[r#"result="miss""#],
+    )
+    .unwrap_or(0.0);
+    assert_eq!(hits + misses, 4.0, "{order}");
+    assert!(misses >= 1.0);
     let product_text = scrape(Svc::Product).await;
     assert_eq!(
         sample(
@@ -142,7 +201,8 @@ async fn every_service_exports_its_series() {
             "stockmesh_grpc_server_handled_total",
             &[r#"method="GetProduct""#, r#"code="OK""#]
         ),
-        Some(4.0)
+        Some(misses),
+        "product answered exactly the cache misses"
     );
     assert!(
         sample(

@@ -30,7 +30,28 @@ struct Received {
     span_id: String,
     parent: String,
     attributes: HashMap<String, String>,
+    /// OTLP status code: 0 unset, 1 ok, 2 error.
+    status: i32,
+    /// Span events: name and attributes.
+    events: Vec<(String, HashMap<String, String>)>,
 }
+
+impl Received {
+    fn attribute(&self, key: &str) -> Option<&str> {
+        self.attributes.get(key).map(String::as_str)
+    }
+
+    /// The `exception` event's message, if the span has one.
+    fn exception(&self) -> Option<&str> {
+        self.events
+            .iter()
+            .find(|(name, _)| name == "exception")
+            .and_then(|(_, attrs)| attrs.get("exception.message"))
+            .map(String::as_str)
+    }
+}
+
+const STATUS_ERROR: i32 = 2;
 
 #[derive(Clone, Default)]
 struct Collector {
@@ -78,6 +99,19 @@ impl TraceService for Collector {
                             .attributes
                             .iter()
                             .map(|a| (a.key.clone(), text(&a.value)))
+                            .collect(),
+                        status: span.status.as_ref().map_or(0, |s| s.code),
+                        events: span
+                            .events
+                            .iter()
+                            .map(|e| {
+                                let attrs = e
+                                    .attributes
+                                    .iter()
+                                    .map(|a| (a.key.clone(), text(&a.value)))
+                                    .collect();
+                                (e.name.clone(), attrs)
+                            })
                             .collect(),
                     });
                 }
@@ -268,4 +302,126 @@ async fn one_order_is_one_trace_across_every_service() {
             root.trace_id
         );
     }
+}
+
+/// Failures are error spans: status Error plus an `exception` event, on the
+/// HTTP server span that answered 5xx and on each failed gRPC client span;
+/// the breaker's fast failures say `error.type = circuit_open`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_are_error_spans_with_exception_events() {
+    let (collector, endpoint) = start_collector().await;
+    let mut builder = Stack::builder()
+        .env(Svc::Order, "BREAKER_FAILURE_THRESHOLD", "3")
+        .env(Svc::Order, "BREAKER_OPEN_MS", "5000")
+        .env(Svc::Order, "INVENTORY_CONNECT_TIMEOUT_MS", "300")
+        .env(Svc::Order, "INVENTORY_TIMEOUT_MS", "1000");
+    for svc in Svc::ALL {
+        builder = builder
+            .env(svc, "OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
+            .env(svc, "OTEL_BSP_SCHEDULE_DELAY", "100");
+    }
+    let mut stack = builder.start().await;
+    let (token, _) = stack.register("failing").await;
+    let admin = stack.admin_token().await;
+    let product = stack.create_product(&admin, 5).await;
+    stack.kill_hard(Svc::Inventory);
+    // Reserve fails (attempts count towards the breaker), then the breaker
+    // opens and the compensating Release, or a later order, fails fast.
+    for _ in 0..3 {
+        let answer = stack.place_order(&token, product, 1).await;
+        assert!(
+            answer.status.is_server_error(),
+            "{} {}",
+            answer.status,
+            answer.body
+        );
+    }
+
+    let spans = |filter: &dyn Fn(&Received) -> bool| -> Vec<Received> {
+        collector
+            .spans
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|s| filter(s))
+            .cloned()
+            .collect()
+    };
+    let failed_client = |s: &Received| {
+        s.service == "order" && s.kind == SpanKind::Client as i32 && s.status == STATUS_ERROR
+    };
+    eventually("failed client spans", Duration::from_secs(15), || {
+        let found = spans(&failed_client);
+        async move {
+            (found
+                .iter()
+                .any(|s| s.attribute("error.type") == Some("circuit_open"))
+                && found
+                    .iter()
+                    .any(|s| s.attribute("error.type") == Some("UNAVAILABLE")))
+            .then_some(())
+        }
+    })
+    .await;
+
+    // The upstream failure: status Error, error.type, an exception event.
+    let unreachable = spans(&failed_client)
+        .into_iter()
+        .find(|s| s.attribute("error.type") == Some("UNAVAILABLE"))
+        .expect("an UNAVAILABLE client span");
+    assert!(
+        unreachable.name.contains("InventoryService/"),
+        "{unreachable:?}"
+    );
+    let message = unreachable
+        .exception()
+        .unwrap_or_else(|| panic!("no exception event on {unreachable:?}"));
+    assert!(
+        message.contains("inventory"),
+        "exception message {message:?}"
+    );
+
+    // The breaker's fast failure reads as such.
+    let fast = spans(&failed_client)
+        .into_iter()
+        .find(|s| s.attribute("error.type") == Some("circuit_open"))
+        .expect("a circuit_open client span");
+    let message = fast
+        .exception()
+        .unwrap_or_else(|| panic!("no exception event on {fast:?}"));
+    assert!(message.contains("circuit breaker open"), "{message:?}");
+    assert_eq!(fast.attribute("rpc.grpc.status_code"), Some("14"));
+
+    // The HTTP server span that answered 503, in the same trace.
+    let server = eventually("the 503 server span", Duration::from_secs(10), || {
+        let found = spans(&|s: &Received| {
+            s.service == "order"
+                && s.name == "POST /api/orders"
+                && s.attribute("http.response.status_code") == Some("503")
+        });
+        async move { found.into_iter().next() }
+    })
+    .await;
+    assert_eq!(server.status, STATUS_ERROR, "{server:?}");
+    assert_eq!(server.attribute("error.type"), Some("503"));
+    assert!(
+        server.exception().is_some(),
+        "no exception event on {server:?}"
+    );
+    assert!(
+        spans(&failed_client)
+            .iter()
+            .any(|s| s.trace_id == server.trace_id),
+        "the failed client spans belong to the 503's trace"
+    );
+    // A successful span is not marked.
+    let product_create = spans(&|s: &Received| {
+        s.service == "product" && s.kind == SpanKind::Server as i32 && s.name.starts_with("POST")
+    });
+    assert!(
+        product_create
+            .iter()
+            .all(|s| s.status != STATUS_ERROR && s.exception().is_none()),
+        "{product_create:?}"
+    );
 }

@@ -39,6 +39,7 @@ use stockmesh_platform::broker;
 use stockmesh_platform::error::ErrorChain;
 use stockmesh_platform::events::{DecodeError, OrderEvent};
 use stockmesh_platform::metrics::Metrics;
+use stockmesh_platform::telemetry;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
@@ -307,6 +308,7 @@ impl Consumer {
             event.type = tracing::field::Empty,
             outcome = tracing::field::Empty,
             otel.status_code = tracing::field::Empty,
+            error.type = tracing::field::Empty,
         );
         let parent = broker::extract_context(delivery.properties.headers().as_ref());
         if parent.span().span_context().is_valid() {
@@ -339,7 +341,7 @@ impl Consumer {
                     "unreadable message, dead-lettering it"
                 );
                 span.record("outcome", "dead_lettered");
-                span.record("otel.status_code", "ERROR");
+                telemetry::record_error(&span, reason, &err.to_string());
                 self.metrics
                     .dead_lettered
                     .get_or_create(&ReasonLabels { reason })
@@ -379,7 +381,7 @@ impl Consumer {
                     "storing the notification failed, handing the event back for a retry"
                 );
                 span.record("outcome", "retried");
-                span.record("otel.status_code", "ERROR");
+                telemetry::record_error(&span, "handler_failed", &ErrorChain(&err).to_string());
                 self.metrics
                     .retried
                     .get_or_create(&EventTypeLabels {
@@ -405,7 +407,7 @@ impl Consumer {
                     "event cannot become a notification, dead-lettering it"
                 );
                 span.record("outcome", "dead_lettered");
-                span.record("otel.status_code", "ERROR");
+                telemetry::record_error(&span, "invalid", &err.to_string());
                 self.metrics
                     .dead_lettered
                     .get_or_create(&ReasonLabels { reason: "invalid" })

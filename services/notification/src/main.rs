@@ -6,9 +6,8 @@ use std::process::ExitCode;
 use stockmesh_notification::config::NotificationConfig;
 use stockmesh_notification::startup::Application;
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    stockmesh_platform::runtime::run(
+fn main() -> ExitCode {
+    stockmesh_platform::runtime::main(
         "notification",
         NotificationConfig::from_env(),
         |c| &c.common,
@@ -18,5 +17,4 @@ async fn main() -> ExitCode {
             app.run_until_stopped(shutdown).await
         },
     )
-    .await
 }

@@ -2,12 +2,16 @@
 //! call used here is idempotent (reads, and Reserve/Release keyed by order
 //! id), so all of them are retried within the retry budget.
 
+use std::sync::Arc;
+
 use stockmesh_platform::grpc_client::{RetryBudget, Upstream, retry};
 use stockmesh_proto::inventory::v1 as inv;
 use stockmesh_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
 use stockmesh_proto::product::v1 as prod;
 use stockmesh_proto::product::v1::product_service_client::ProductServiceClient;
 use uuid::Uuid;
+
+use crate::catalog::ProductCache;
 
 const ATTEMPTS: u32 = 3;
 
@@ -16,18 +20,30 @@ pub struct Upstreams {
     product: ProductServiceClient<Upstream>,
     inventory: InventoryServiceClient<Upstream>,
     budget: RetryBudget,
+    products: Arc<ProductCache>,
 }
 
 impl Upstreams {
-    pub fn new(product: Upstream, inventory: Upstream) -> Self {
+    pub fn new(product: Upstream, inventory: Upstream, products: ProductCache) -> Self {
         Self {
             product: ProductServiceClient::new(product),
             inventory: InventoryServiceClient::new(inventory),
             budget: RetryBudget::new(0.2),
+            products: Arc::new(products),
         }
     }
 
+    /// The product, from the short-lived cache or else from product.
     pub async fn product(&self, id: Uuid) -> Result<prod::Product, tonic::Status> {
+        if let Some(product) = self.products.get(id) {
+            return Ok(product);
+        }
+        let product = self.fetch_product(id).await?;
+        self.products.put(id, &product);
+        Ok(product)
+    }
+
+    async fn fetch_product(&self, id: Uuid) -> Result<prod::Product, tonic::Status> {
         let response = retry(&self.budget, ATTEMPTS, || {
             let mut client = self.product.clone();
             async move {

@@ -23,6 +23,8 @@ pub struct OrderConfig {
     pub sweep_every: Duration,
     /// A PENDING order older than this is considered abandoned.
     pub pending_timeout: Duration,
+    /// How long a product answer (name, price) is reused; zero disables.
+    pub product_cache_ttl: Duration,
 }
 
 impl OrderConfig {
@@ -43,6 +45,7 @@ impl OrderConfig {
         let relay_poll = env.millis("OUTBOX_POLL_MS", Duration::from_millis(500));
         let sweep_every = env.millis("SWEEP_INTERVAL_MS", Duration::from_secs(2));
         let pending_timeout = env.millis("PENDING_TIMEOUT_MS", Duration::from_secs(30));
+        let product_cache_ttl = env.millis("PRODUCT_CACHE_TTL_MS", Duration::from_millis(1000));
         env.finish()?;
         Ok(Self {
             common,
@@ -54,6 +57,7 @@ impl OrderConfig {
             relay_poll,
             sweep_every,
             pending_timeout,
+            product_cache_ttl,
         })
     }
 }

@@ -2,8 +2,9 @@
 //! transactional outbox and its relay to RabbitMQ.
 //!
 //! `http` translates, `service` decides (the saga), `repository` stores,
-//! `clients` calls upstreams, `outbox` publishes; `startup` assembles them.
+//! `clients` calls upstreams (`catalog` keeps product answers briefly), `outbox` publishes; `startup` assembles them.
 
+pub mod catalog;
 pub mod clients;
 pub mod config;
 pub mod domain;

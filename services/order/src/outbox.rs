@@ -20,6 +20,7 @@ use stockmesh_platform::Shutdown;
 use stockmesh_platform::broker::{self, BrokerConfig};
 use stockmesh_platform::events::EXCHANGE;
 use stockmesh_platform::metrics::Metrics;
+use stockmesh_platform::telemetry;
 use tokio::sync::Notify;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -191,17 +192,32 @@ async fn publish_batch(
             messaging.destination.name = EXCHANGE,
             messaging.rabbitmq.destination.routing_key = %row.routing_key,
             messaging.message.id = %row.event_id,
+            otel.status_code = tracing::field::Empty,
+            error.type = tracing::field::Empty,
         );
         let _ = span.set_parent(broker::context_from_map(&row.trace_context));
-        let confirm = publish_one(channel, row).instrument(span.clone()).await?;
+        let confirm = match publish_one(channel, row).instrument(span.clone()).await {
+            Ok(confirm) => confirm,
+            Err(err) => {
+                telemetry::record_error(&span, "publish_failed", &err.to_string());
+                return Err(err.into());
+            }
+        };
         confirms.push((row.id, confirm, span));
     }
     let mut ids = Vec::with_capacity(confirms.len());
     for (id, confirm, span) in confirms {
-        let confirmation = confirm.instrument(span.clone()).await?;
+        let confirmation = match confirm.instrument(span.clone()).await {
+            Ok(confirmation) => confirmation,
+            Err(err) => {
+                telemetry::record_error(&span, "confirm_failed", &err.to_string());
+                return Err(err.into());
+            }
+        };
         if !confirmation.is_ack() {
-            span.record("otel.status_code", "ERROR");
-            anyhow::bail!("broker refused outbox event {id}");
+            let message = format!("broker refused outbox event {id}");
+            telemetry::record_error(&span, "nack", &message);
+            anyhow::bail!(message);
         }
         ids.push(id);
     }

@@ -14,6 +14,7 @@ use stockmesh_platform::{Shutdown, db};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
+use crate::catalog::ProductCache;
 use crate::clients::Upstreams;
 use crate::config::OrderConfig;
 use crate::http::{AppState, router};
@@ -46,7 +47,11 @@ impl Application {
         let relay_wake = Arc::new(Notify::new());
         let service = OrderService::new(
             OrderRepository::new(pool.clone()),
-            Upstreams::new(product.clone(), inventory.clone()),
+            Upstreams::new(
+                product.clone(),
+                inventory.clone(),
+                ProductCache::new(config.product_cache_ttl, &metrics),
+            ),
             relay_wake.clone(),
         );
         let verifier = Verifier::new(&config.auth)?;

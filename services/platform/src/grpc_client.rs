@@ -236,7 +236,7 @@ impl Service<Request<Body>> for Upstream {
                 let start = Instant::now();
                 let result = match breaker.admit() {
                     Err(rejected) => {
-                        tracing::Span::current().record("error.type", "circuit_open");
+                        // `error.type = circuit_open` is recorded below.
                         Err(BoxError::from(circuit_open(upstream, rejected.retry_after)))
                     }
                     Ok(admission) => {
@@ -271,7 +271,8 @@ impl Service<Request<Body>> for Upstream {
                 let current = tracing::Span::current();
                 current.record("rpc.grpc.status_code", code as i32);
                 if is_upstream_failure(code) {
-                    current.record("otel.status_code", "ERROR");
+                    let (error_type, message) = failure_of(&result, code);
+                    telemetry::record_error(&current, error_type, &message);
                 }
                 metrics
                     .grpc_client_handled
@@ -281,14 +282,38 @@ impl Service<Request<Body>> for Upstream {
                         code: grpc_code_name(code).to_owned(),
                     })
                     .inc();
-                metrics
-                    .grpc_client_duration
-                    .get_or_create(&GrpcMethodLabels { service, method })
-                    .observe(start.elapsed().as_secs_f64());
+                crate::metrics::observe_latency(
+                    &metrics
+                        .grpc_client_duration
+                        .get_or_create(&GrpcMethodLabels { service, method }),
+                    start.elapsed().as_secs_f64(),
+                    &current,
+                );
                 result
             }
             .instrument(span),
         )
+    }
+}
+
+/// `error.type` and message of a failed call: the breaker's fast failure
+/// is `circuit_open`, anything else the gRPC code's name.
+fn failure_of(
+    result: &Result<Response<Body>, BoxError>,
+    code: tonic::Code,
+) -> (&'static str, String) {
+    match result {
+        Err(err) => match err.downcast_ref::<tonic::Status>() {
+            Some(status) if status.metadata().contains_key(CIRCUIT_OPEN) => {
+                ("circuit_open", status.message().to_owned())
+            }
+            Some(status) => (grpc_code_name(code), status.message().to_owned()),
+            None => (grpc_code_name(code), err.to_string()),
+        },
+        Ok(response) => (
+            grpc_code_name(code),
+            crate::layers::grpc_message_of(response),
+        ),
     }
 }
 

@@ -163,6 +163,7 @@ async fn edge_guard(
         request_id = %request_id,
         http.response.status_code = tracing::field::Empty,
         otel.status_code = tracing::field::Empty,
+        error.type = tracing::field::Empty,
     );
     telemetry::set_remote_parent(&span, request.headers());
 
@@ -215,7 +216,11 @@ async fn edge_guard(
     let status = response.status();
     span.record("http.response.status_code", status.as_u16());
     if status.is_server_error() {
-        span.record("otel.status_code", "ERROR");
+        telemetry::record_error(
+            &span,
+            status.as_str(),
+            status.canonical_reason().unwrap_or("server error"),
+        );
     }
     let requests = &state.metrics.requests;
     requests
@@ -226,9 +231,12 @@ async fn edge_guard(
             status: status.as_u16(),
         })
         .inc();
-    requests
-        .http_duration
-        .get_or_create(&HttpRouteLabels { method, route })
-        .observe(start.elapsed().as_secs_f64());
+    crate::metrics::observe_latency(
+        &requests
+            .http_duration
+            .get_or_create(&HttpRouteLabels { method, route }),
+        start.elapsed().as_secs_f64(),
+        &span,
+    );
     response
 }

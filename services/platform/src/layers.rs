@@ -187,6 +187,36 @@ pub fn grpc_status_of<B>(response: &Response<B>) -> tonic::Code {
         .unwrap_or(tonic::Code::Ok)
 }
 
+/// The `grpc-message` of a trailers-only response (percent-decoded), for
+/// error reports.
+pub fn grpc_message_of<B>(response: &Response<B>) -> String {
+    response
+        .headers()
+        .get("grpc-message")
+        .map(|v| percent_decode(v.as_bytes()))
+        .unwrap_or_default()
+}
+
+/// Decodes the `%XX` escapes gRPC uses in `grpc-message`.
+fn percent_decode(bytes: &[u8]) -> String {
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
+            (b'%', Some(&h), Some(&l)) if hex(h).is_some() && hex(l).is_some() => {
+                out.push((hex(h).unwrap_or(0) * 16 + hex(l).unwrap_or(0)) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Server span and metrics for every gRPC call.
 #[derive(Clone)]
 pub struct GrpcServerLayer {
@@ -257,6 +287,7 @@ where
                 rpc.method = %method,
                 rpc.grpc.status_code = tracing::field::Empty,
                 otel.status_code = tracing::field::Empty,
+                error.type = tracing::field::Empty,
             );
             telemetry::set_remote_parent(&span, req.headers());
             span
@@ -283,7 +314,11 @@ where
                 let current = tracing::Span::current();
                 current.record("rpc.grpc.status_code", code as i32);
                 if grpc_server_error(code) {
-                    current.record("otel.status_code", "ERROR");
+                    let message = match &result {
+                        Ok(response) => grpc_message_of(response),
+                        Err(_) => "the service failed".to_owned(),
+                    };
+                    telemetry::record_error(&current, grpc_code_name(code), &message);
                 }
                 metrics
                     .grpc_server_handled
@@ -293,10 +328,13 @@ where
                         code: grpc_code_name(code).to_owned(),
                     })
                     .inc();
-                metrics
-                    .grpc_server_duration
-                    .get_or_create(&GrpcMethodLabels { service, method })
-                    .observe(start.elapsed().as_secs_f64());
+                crate::metrics::observe_latency(
+                    &metrics
+                        .grpc_server_duration
+                        .get_or_create(&GrpcMethodLabels { service, method }),
+                    start.elapsed().as_secs_f64(),
+                    &current,
+                );
                 result
             }
             .instrument(span),

@@ -10,17 +10,46 @@ use std::sync::{Arc, Mutex};
 use futures::future::BoxFuture;
 use prometheus_client::encoding::{EncodeLabelSet, text::encode};
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::exemplar::HistogramWithExemplars;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Metric, Registry};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// Latency buckets in seconds, 1 ms to 10 s.
 pub const LATENCY_BUCKETS: [f64; 14] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 7.5, 10.0,
 ];
 
-fn latency_histogram() -> Histogram {
-    Histogram::new(LATENCY_BUCKETS)
+/// A latency histogram whose buckets remember the trace id of their last
+/// sampled observation (an OpenMetrics exemplar), so a slow bucket on a
+/// dashboard leads straight to a trace in Jaeger.
+pub type LatencyHistogram = HistogramWithExemplars<TraceExemplar>;
+
+fn latency_histogram() -> LatencyHistogram {
+    HistogramWithExemplars::new(LATENCY_BUCKETS.into_iter())
+}
+
+/// The exemplar label set: the trace an observation belongs to.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TraceExemplar {
+    pub trace_id: String,
+}
+
+/// The exemplar for an observation made under `span`: its trace id when the
+/// trace is sampled (an unsampled trace id would lead nowhere).
+pub fn trace_exemplar(span: &tracing::Span) -> Option<TraceExemplar> {
+    use opentelemetry::trace::TraceContextExt;
+    let cx = span.context();
+    let otel_span = cx.span();
+    let sc = otel_span.span_context();
+    (sc.is_valid() && sc.is_sampled()).then(|| TraceExemplar {
+        trace_id: sc.trace_id().to_string(),
+    })
+}
+
+/// Records `seconds` in `histogram` with the exemplar of `span`.
+pub fn observe_latency(histogram: &LatencyHistogram, seconds: f64, span: &tracing::Span) {
+    histogram.observe(seconds, trace_exemplar(span), None);
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -53,11 +82,11 @@ pub struct GrpcMethodLabels {
 #[derive(Clone)]
 pub struct RequestMetrics {
     pub http_requests: Family<HttpLabels, Counter>,
-    pub http_duration: Family<HttpRouteLabels, Histogram>,
+    pub http_duration: Family<HttpRouteLabels, LatencyHistogram>,
     pub grpc_server_handled: Family<GrpcLabels, Counter>,
-    pub grpc_server_duration: Family<GrpcMethodLabels, Histogram>,
+    pub grpc_server_duration: Family<GrpcMethodLabels, LatencyHistogram>,
     pub grpc_client_handled: Family<GrpcLabels, Counter>,
-    pub grpc_client_duration: Family<GrpcMethodLabels, Histogram>,
+    pub grpc_client_duration: Family<GrpcMethodLabels, LatencyHistogram>,
     pub shed: Family<TransportLabels, Counter>,
 }
 

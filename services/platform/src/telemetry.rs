@@ -110,6 +110,9 @@ pub fn init(config: &CommonConfig) -> anyhow::Result<Telemetry> {
             .event_format(TextWithTrace)
             .boxed()
     };
+    let log_layer = log_layer.with_filter(tracing_subscriber::filter::filter_fn(|meta| {
+        meta.target() != EXCEPTION_TARGET
+    }));
     tracing_subscriber::registry()
         .with(filter)
         .with(log_layer)
@@ -292,6 +295,29 @@ pub fn set_remote_parent(span: &tracing::Span, headers: &HeaderMap) {
         // Fails only when the span is disabled; nothing to do then.
         let _ = span.set_parent(parent);
     }
+}
+
+/// Target of the events [`record_error`] emits; the log layer skips it (the
+/// failure is logged where it is handled), the trace keeps it.
+pub const EXCEPTION_TARGET: &str = "stockmesh::exception";
+
+/// Marks `span` failed the OpenTelemetry way: status Error with `message`
+/// as its description, `error.type` set (when the span declares it), and an
+/// `exception` span event carrying `exception.type` and `exception.message`.
+/// The breaker's fast failures use `error_type = "circuit_open"`, so they
+/// read as such in Jaeger.
+pub fn record_error(span: &tracing::Span, error_type: &str, message: &str) {
+    span.record("otel.status_code", "ERROR");
+    span.record("error.type", error_type);
+    // An event whose only text is an `error` field becomes the OpenTelemetry
+    // `exception` event and sets the span's status description.
+    tracing::event!(
+        target: EXCEPTION_TARGET,
+        parent: span,
+        tracing::Level::ERROR,
+        "exception.type" = error_type,
+        error = message,
+    );
 }
 
 /// The current trace id, for responses and error reports.

@@ -106,12 +106,19 @@ pub fn infra() -> &'static Infra {
     })
 }
 
-/// The workspace root (where `scripts/` and `Cargo.lock` live).
+/// The workspace root (where `scripts/` and `Cargo.lock` live): the nearest
+/// ancestor of the running test's package with a `Cargo.lock`. Read at run
+/// time (cargo sets `CARGO_MANIFEST_DIR` for tests), so a test binary reused
+/// from a checkout at another path still finds this one.
 pub fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .expect("workspace root exists")
+    let start = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    start
+        .ancestors()
+        .find(|dir| dir.join("Cargo.lock").is_file())
+        .expect("the workspace root (with Cargo.lock) is an ancestor of the package")
+        .to_path_buf()
 }
 
 /// Replaces the database name (path) of a PostgreSQL URL.
