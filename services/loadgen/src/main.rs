@@ -32,8 +32,22 @@ struct Shared {
     lag_tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    // Named threads: a profile of the machine tells loadgen from the services.
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("loadgen")
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(cli()),
+        Err(err) => {
+            eprintln!("loadgen: cannot start the async runtime: {err}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn cli() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let options = match Options::parse(&args) {
         Ok(Some(options)) => options,
@@ -86,6 +100,8 @@ async fn run(options: Options) -> anyhow::Result<u64> {
         lag_tasks: Mutex::new(Vec::new()),
     });
 
+    // Printed even with --quiet: `make profile` starts sampling on it.
+    eprintln!("loadgen: running");
     let started = Instant::now();
     let deadline = started + options.duration;
     let progress = (!options.quiet).then(|| tokio::spawn(progress_line(shared.clone(), started)));

@@ -26,6 +26,9 @@ pub struct ConsumerConfig {
     pub delivery_limit: i64,
     /// `NOTIFICATION_PREFETCH`: unacknowledged messages held at once.
     pub prefetch: u16,
+    /// `NOTIFICATION_CONCURRENCY`: deliveries handled at once (each its own
+    /// transaction and acknowledgement); at most `prefetch`.
+    pub concurrency: usize,
     /// `NOTIFICATION_RETRY_DELAY_MS`: pause before handing a failed message
     /// back, so a short outage does not burn the delivery limit at once.
     pub retry_delay: Duration,
@@ -86,8 +89,13 @@ fn read_consumer(env: &mut EnvReader) -> ConsumerConfig {
     if prefetch == 0 {
         env.problem("NOTIFICATION_PREFETCH must be at least 1");
     }
+    let concurrency = env.with_default("NOTIFICATION_CONCURRENCY", 8usize);
+    if concurrency == 0 {
+        env.problem("NOTIFICATION_CONCURRENCY must be at least 1");
+    }
     ConsumerConfig {
         broker,
+        concurrency: concurrency.clamp(1, usize::from(prefetch.max(1))),
         queue,
         bindings,
         delivery_limit: delivery_limit.max(1),
@@ -125,6 +133,17 @@ mod tests {
         assert_eq!(config.consumer.bindings, vec!["order.*".to_owned()]);
         assert_eq!(config.consumer.delivery_limit, 5);
         assert_eq!(config.consumer.prefetch, 32);
+        assert_eq!(config.consumer.concurrency, 8);
+    }
+
+    #[test]
+    fn concurrency_is_bounded_by_prefetch() {
+        let config = NotificationConfig::read(env(&[
+            ("NOTIFICATION_PREFETCH", "4"),
+            ("NOTIFICATION_CONCURRENCY", "16"),
+        ]))
+        .unwrap();
+        assert_eq!(config.consumer.concurrency, 4);
     }
 
     #[test]
@@ -134,8 +153,9 @@ mod tests {
             ("NOTIFICATION_DELIVERY_LIMIT", "0"),
             ("NOTIFICATION_PREFETCH", "0"),
             ("NOTIFICATION_BINDINGS", " , "),
+            ("NOTIFICATION_CONCURRENCY", "0"),
         ]))
         .unwrap_err();
-        assert_eq!(err.problems.len(), 4, "{err}");
+        assert_eq!(err.problems.len(), 5, "{err}");
     }
 }

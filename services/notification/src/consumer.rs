@@ -10,10 +10,14 @@
 //!   with requeue: the quorum queue counts deliveries and dead-letters the
 //!   message after `x-delivery-limit`, so a poison message never loops.
 //!
+//! Up to `concurrency` deliveries are handled at once, each with its own
+//! transaction and acknowledgement (acks may go out of order; events carry
+//! no ordering promise and are deduplicated by id).
+//!
 //! A session is connect → declare → consume; when it ends (broker restart,
 //! connection lost, consumer cancelled) the loop starts a new one after a
 //! growing pause. On shutdown it stops taking deliveries, finishes and acks
-//! the one in hand, cancels the consumer and closes channel and connection.
+//! the ones in hand, cancels the consumer and closes channel and connection.
 //! Messages prefetched but not started are returned to the queue by the
 //! broker when the channel closes.
 
@@ -22,6 +26,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
@@ -226,28 +231,37 @@ impl Consumer {
         tracing::info!(
             queue = %self.config.queue,
             prefetch = self.config.prefetch,
+            concurrency = self.config.concurrency,
             delivery_limit = self.config.delivery_limit,
             "consuming order events"
         );
 
+        let mut in_hand = FuturesUnordered::new();
         let ended = loop {
             tokio::select! {
                 // Shutdown first: stop taking new deliveries at once.
                 biased;
                 _ = shutdown.cancelled() => break Ok(Ended::Shutdown),
-                next = consumer.next() => match next {
-                    // The message in hand is finished (and acked) even if
-                    // shutdown begins meanwhile.
-                    Some(Ok(delivery)) => {
-                        if let Err(err) = self.handle(delivery, shutdown).await {
-                            break Err(err);
-                        }
+                Some(done) = in_hand.next(), if !in_hand.is_empty() => {
+                    if let Err(err) = done {
+                        break Err(err);
                     }
+                }
+                next = consumer.next(), if in_hand.len() < self.config.concurrency => match next {
+                    Some(Ok(delivery)) => in_hand.push(self.handle(delivery, shutdown)),
                     Some(Err(err)) => break Err(err),
                     None => break Ok(Ended::Cancelled),
                 },
             }
         };
+        // The messages in hand are finished (and acked) even if shutdown
+        // began or the session broke; a failed ack leaves the message to the
+        // broker, which redelivers it.
+        while let Some(done) = in_hand.next().await {
+            if let Err(err) = done {
+                tracing::warn!(error = %err, "could not acknowledge a delivery; the broker will redeliver it");
+            }
+        }
         self.status.set(false);
         self.metrics.connected.set(0);
         if matches!(ended, Ok(Ended::Shutdown)) {

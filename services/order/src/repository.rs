@@ -150,36 +150,30 @@ impl OrderRepository {
         needs_release: bool,
         event: &OutboxEvent,
     ) -> Result<Option<Order>, OrderError> {
-        async {
-            let mut tx = self.pool.begin().await?;
-            let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "UPDATE orders SET status = $3, needs_release = $4, updated_at = now() \
-                 WHERE id = $1 AND status = $2 RETURNING {COLUMNS}"
-            )))
-            .bind(id)
-            .bind(from.as_str())
-            .bind(to.as_str())
-            .bind(needs_release)
-            .fetch_optional(&mut *tx)
-            .await?;
-            let Some(row) = row else {
-                tx.rollback().await?;
-                return Ok(None);
-            };
-            sqlx::query(
-                "INSERT INTO outbox (event_id, routing_key, payload, trace_context) VALUES ($1, $2, $3, $4)",
-            )
-            .bind(event.event_id)
-            .bind(&event.routing_key)
-            .bind(&event.payload)
-            .bind(serde_json::to_value(&event.trace_context).unwrap_or_default())
-            .execute(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            Ok(Some(order_from_row(&row)?))
-        }
+        // One statement, so one implicit transaction and one round trip:
+        // the event row is inserted exactly when the status changed.
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "WITH changed AS ( \
+               UPDATE orders SET status = $3, needs_release = $4, updated_at = now() \
+               WHERE id = $1 AND status = $2 RETURNING {COLUMNS} \
+             ), event AS ( \
+               INSERT INTO outbox (event_id, routing_key, payload, trace_context) \
+               SELECT $5, $6, $7, $8 FROM changed \
+             ) \
+             SELECT {COLUMNS} FROM changed"
+        )))
+        .bind(id)
+        .bind(from.as_str())
+        .bind(to.as_str())
+        .bind(needs_release)
+        .bind(event.event_id)
+        .bind(&event.routing_key)
+        .bind(&event.payload)
+        .bind(serde_json::to_value(&event.trace_context).unwrap_or_default())
+        .fetch_optional(&self.pool)
         .instrument(db_span("commit", "orders+outbox"))
-        .await
+        .await?;
+        row.as_ref().map(order_from_row).transpose()
     }
 
     pub async fn clear_needs_release(&self, id: Uuid) -> Result<(), OrderError> {
