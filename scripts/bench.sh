@@ -157,6 +157,11 @@ if [ "${BENCH_PROFILE:-0}" = 1 ]; then
       perf report -i "$STACK_STATE/perf.data" --stdio --no-children --sort comm --percent-limit 0.5 2>/dev/null | grep -v '^$'
       echo; echo "# Top symbols"
       perf report -i "$STACK_STATE/perf.data" --stdio --no-children --sort comm,dso,sym --percent-limit 0.4 2>/dev/null | grep -v '^$'
+      for comm in order-rt inventory-rt notification-rt product-rt user-rt postgres; do
+        echo; echo "# $comm: top symbols (percent of $comm's samples)"
+        perf report -i "$STACK_STATE/perf.data" --stdio --no-children --comms "$comm" --percentage relative \
+          --sort dso,sym --percent-limit 1 2>/dev/null | grep -v '^#' | grep -v '^$' | cut -c1-160 | head -25
+      done
     } >"$profile"
     log "profile: $profile"
   else

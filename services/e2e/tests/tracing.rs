@@ -425,3 +425,86 @@ async fn failures_are_error_spans_with_exception_events() {
         "{product_create:?}"
     );
 }
+
+/// Outgoing HTTP propagation: `loadgen`, exporting its own client spans,
+/// sends `traceparent` with each request, so the order service's server span
+/// continues the client's trace instead of starting one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadgen_client_spans_are_the_parents_of_the_server_spans() {
+    let (collector, endpoint) = start_collector().await;
+    let stack = Stack::builder()
+        .env(Svc::Order, "OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
+        .env(Svc::Order, "OTEL_BSP_SCHEDULE_DELAY", "100")
+        .start()
+        .await;
+    let (email, password) = stack.admin_credentials();
+    let output = tokio::process::Command::new(common::binary_dir().join("loadgen"))
+        .args(["--admin-email", email, "--admin-password", password])
+        .args([
+            "--mode",
+            "orders",
+            "--users",
+            "1",
+            "--products",
+            "1",
+            "--stock",
+            "100",
+        ])
+        .args([
+            "--concurrency",
+            "1",
+            "--requests",
+            "5",
+            "--lag-every",
+            "0",
+            "--quiet",
+        ])
+        .env("LOADGEN_USER_URL", stack.url(Svc::User, ""))
+        .env("LOADGEN_PRODUCT_URL", stack.url(Svc::Product, ""))
+        .env("LOADGEN_ORDER_URL", stack.url(Svc::Order, ""))
+        .env("LOADGEN_NOTIFICATION_URL", stack.url(Svc::Notification, ""))
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("run loadgen");
+    assert!(
+        output.status.success(),
+        "loadgen failed: {}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let (client, server) = eventually(
+        "a loadgen span with its server child",
+        Duration::from_secs(15),
+        || {
+            let spans = collector.spans.lock().expect("lock").clone();
+            async move {
+                spans
+                    .iter()
+                    .filter(|s| {
+                        s.service == "loadgen"
+                            && s.kind == SpanKind::Client as i32
+                            && s.name == "POST /api/orders"
+                    })
+                    .find_map(|client| {
+                        spans
+                            .iter()
+                            .find(|s| {
+                                s.service == "order"
+                                    && s.kind == SpanKind::Server as i32
+                                    && s.parent == client.span_id
+                            })
+                            .map(|server| (client.clone(), server.clone()))
+                    })
+            }
+        },
+    )
+    .await;
+    assert_eq!(server.trace_id, client.trace_id);
+    assert_eq!(server.name, "POST /api/orders");
+    assert_eq!(client.attribute("http.response.status_code"), Some("201"));
+    assert!(client.parent.is_empty(), "the client span is the root");
+}

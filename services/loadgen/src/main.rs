@@ -3,6 +3,11 @@
 //! concurrency or open-loop at a target rate, and prints a latency table
 //! (HDR histograms per operation), errors by status and notification lag
 //! (from an order's 201 until its notification is listed), plus a JSON report.
+//!
+//! With `OTEL_EXPORTER_OTLP_ENDPOINT` set, every request is an HTTP client
+//! span exported over OTLP and its W3C context travels in the request
+//! headers, so a slow order in the report can be found in Jaeger from the
+//! client's side; without it, nothing is traced or sent.
 
 mod api;
 mod config;
@@ -15,6 +20,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use stockmesh_platform::config::{CommonConfig, EnvReader};
+use stockmesh_platform::telemetry::{self, Telemetry};
 use tokio::sync::Mutex;
 
 use api::Api;
@@ -39,11 +46,76 @@ fn main() -> ExitCode {
         .thread_name("loadgen")
         .build()
     {
-        Ok(runtime) => runtime.block_on(cli()),
+        Ok(runtime) => runtime.block_on(async {
+            let telemetry = init_tracing();
+            let code = cli().await;
+            if let Some(telemetry) = telemetry {
+                telemetry.shutdown();
+            }
+            code
+        }),
         Err(err) => {
             eprintln!("loadgen: cannot start the async runtime: {err}");
             ExitCode::from(2)
         }
+    }
+}
+
+/// Starts span export when `OTEL_EXPORTER_OTLP_ENDPOINT` is set. Unless
+/// `RUST_LOG` says otherwise, other crates log at `warn` only (stdout carries
+/// the report) while loadgen's own request spans stay enabled.
+fn init_tracing() -> Option<Telemetry> {
+    std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT")?;
+    let mut env = EnvReader::from_env();
+    let mut config = CommonConfig::read(&mut env, "loadgen", ([127, 0, 0, 1], 0).into());
+    if let Err(err) = env.finish() {
+        eprintln!("loadgen: tracing not started: {err}");
+        return None;
+    }
+    if std::env::var_os("RUST_LOG").is_none() {
+        config.log_filter = "warn,loadgen=info".to_owned();
+    }
+    match telemetry::init(&config) {
+        Ok(telemetry) => Some(telemetry),
+        Err(err) => {
+            eprintln!("loadgen: tracing not started: {err:#}");
+            None
+        }
+    }
+}
+
+/// An HTTP client span for one request, following the OpenTelemetry HTTP
+/// conventions (a no-op when tracing is off).
+fn client_span(method: &'static str, route: &'static str, url: &str) -> tracing::Span {
+    tracing::info_span!(
+        "http.client",
+        otel.name = format!("{method} {route}"),
+        otel.kind = "client",
+        http.request.method = method,
+        url.full = url,
+        http.response.status_code = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+        error.type = tracing::field::Empty,
+    )
+}
+
+/// The W3C trace context (and baggage) of `span`, as request headers.
+fn trace_headers(span: &tracing::Span) -> reqwest::header::HeaderMap {
+    let mut headers = reqwest::header::HeaderMap::new();
+    span.in_scope(|| telemetry::inject_current_context(&mut headers));
+    headers
+}
+
+/// Records the outcome of a request on its span.
+fn finish_span(span: &tracing::Span, status: Result<u16, ()>) {
+    match status {
+        Ok(code) => {
+            span.record("http.response.status_code", code);
+            if code >= 500 {
+                telemetry::record_error(span, &code.to_string(), "server error");
+            }
+        }
+        Err(()) => telemetry::record_error(span, "transport", "request failed"),
     }
 }
 
@@ -192,9 +264,12 @@ async fn one_request(shared: &Arc<Shared>, i: u64, n: u64) {
     let api = &shared.api;
     let start = Instant::now();
     if is_order {
+        let url = format!("{}/api/orders", api.orders);
+        let span = client_span("POST", "/api/orders", &url);
         let result = api
             .http
-            .post(format!("{}/api/orders", api.orders))
+            .post(url)
+            .headers(trace_headers(&span))
             .bearer_auth(token)
             .json(&json!({"product_id": product, "quantity": 1}))
             .send()
@@ -208,6 +283,7 @@ async fn one_request(shared: &Arc<Shared>, i: u64, n: u64) {
             }
             Err(_) => (Err(()), None),
         };
+        finish_span(&span, status);
         shared
             .stats
             .lock()
@@ -226,12 +302,14 @@ async fn one_request(shared: &Arc<Shared>, i: u64, n: u64) {
             shared.lag_tasks.lock().await.push(task);
         }
     } else {
-        let path = if i.is_multiple_of(2) {
-            "/api/products?limit=20".to_owned()
+        let (route, path) = if i.is_multiple_of(2) {
+            ("/api/products", "/api/products?limit=20".to_owned())
         } else {
-            format!("/api/products/{product}")
+            ("/api/products/{id}", format!("/api/products/{product}"))
         };
-        let result = api.http.get(format!("{}{path}", api.products)).send().await;
+        let url = format!("{}{path}", api.products);
+        let span = client_span("GET", route, &url);
+        let result = api.http.get(url).headers(trace_headers(&span)).send().await;
         let took = start.elapsed();
         let status = match result {
             Ok(response) => {
@@ -241,6 +319,7 @@ async fn one_request(shared: &Arc<Shared>, i: u64, n: u64) {
             }
             Err(_) => Err(()),
         };
+        finish_span(&span, status);
         shared
             .stats
             .lock()

@@ -316,7 +316,9 @@ pub fn record_error(span: &tracing::Span, error_type: &str, message: &str) {
         parent: span,
         tracing::Level::ERROR,
         "exception.type" = error_type,
-        error = message,
+        // As Display: the bridge renders fields with `{:?}`, which would
+        // put a plain string in quotes.
+        error = tracing::field::display(message),
     );
 }
 
@@ -349,5 +351,153 @@ impl Injector for HeaderInjector<'_> {
         ) {
             self.0.insert(name, value);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use opentelemetry::trace::{SpanKind, Status};
+    use opentelemetry_sdk::error::OTelSdkResult;
+    use opentelemetry_sdk::trace::{SpanData, SpanExporter};
+    use tracing_subscriber::layer::SubscriberExt;
+
+    use super::*;
+
+    /// Keeps exported spans in memory.
+    #[derive(Clone, Debug, Default)]
+    struct Captured(Arc<Mutex<Vec<SpanData>>>);
+
+    impl SpanExporter for Captured {
+        async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+            if let Ok(mut spans) = self.0.lock() {
+                spans.extend(batch);
+            }
+            Ok(())
+        }
+    }
+
+    impl Captured {
+        fn named(&self, name: &str) -> SpanData {
+            self.0
+                .lock()
+                .expect("spans")
+                .iter()
+                .find(|s| s.name == name)
+                .cloned()
+                .unwrap_or_else(|| panic!("no span {name}"))
+        }
+    }
+
+    /// Runs `f` under a subscriber exporting to a [`Captured`], with the W3C
+    /// propagators installed.
+    fn traced<T>(f: impl FnOnce() -> T) -> (T, Captured) {
+        global::set_text_map_propagator(TextMapCompositePropagator::new(vec![
+            Box::new(TraceContextPropagator::new()),
+            Box::new(BaggagePropagator::new()),
+        ]));
+        let captured = Captured::default();
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(captured.clone())
+            .build();
+        let subscriber = tracing_subscriber::registry().with(
+            tracing_opentelemetry::layer()
+                .with_tracer(provider.tracer("test"))
+                .with_error_records_to_exceptions(true),
+        );
+        let out = tracing::subscriber::with_default(subscriber, f);
+        let _ = provider.force_flush();
+        (out, captured)
+    }
+
+    #[test]
+    fn record_error_sets_status_error_type_and_an_exception_event() {
+        let (_, captured) = traced(|| {
+            let span = tracing::info_span!(
+                "call",
+                otel.kind = "client",
+                otel.status_code = tracing::field::Empty,
+                error.type = tracing::field::Empty,
+            );
+            record_error(&span, "circuit_open", "inventory circuit breaker open");
+        });
+        let span = captured.named("call");
+        assert_eq!(span.span_kind, SpanKind::Client);
+        assert!(
+            matches!(&span.status, Status::Error { description } if description.contains("circuit breaker open")),
+            "{:?}",
+            span.status
+        );
+        assert!(
+            span.attributes
+                .iter()
+                .any(|kv| kv.key.as_str() == "error.type" && kv.value.as_str() == "circuit_open"),
+            "{:?}",
+            span.attributes
+        );
+        let exception = span
+            .events
+            .iter()
+            .find(|e| e.name == "exception")
+            .expect("an exception event");
+        let attr = |key: &str| {
+            exception
+                .attributes
+                .iter()
+                .find(|kv| kv.key.as_str() == key)
+                .map(|kv| kv.value.as_str().into_owned())
+        };
+        assert_eq!(
+            attr("exception.message").as_deref(),
+            Some("inventory circuit breaker open")
+        );
+        assert_eq!(attr("exception.type").as_deref(), Some("circuit_open"));
+    }
+
+    #[test]
+    fn a_span_without_failure_stays_unset() {
+        let (_, captured) = traced(|| {
+            let span = tracing::info_span!("fine", otel.status_code = tracing::field::Empty);
+            span.in_scope(|| tracing::info!("all good"));
+        });
+        let span = captured.named("fine");
+        assert_eq!(span.status, Status::Unset);
+        assert!(span.events.iter().all(|e| e.name != "exception"));
+    }
+
+    #[test]
+    fn outgoing_headers_carry_the_current_trace_and_continue_it_remotely() {
+        let ((sent, received_trace), captured) = traced(|| {
+            let client = tracing::info_span!("client", otel.kind = "client");
+            let mut headers = HeaderMap::new();
+            client.in_scope(|| inject_current_context(&mut headers));
+            // The receiving side: a server span parented by the headers.
+            let server = tracing::info_span!("server", otel.kind = "server");
+            set_remote_parent(&server, &headers);
+            let received = server.in_scope(current_trace_id);
+            (headers, received)
+        });
+        let client = captured.named("client");
+        let traceparent = sent
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .expect("a traceparent header");
+        let trace_id = client.span_context.trace_id().to_string();
+        assert_eq!(
+            traceparent,
+            format!("00-{trace_id}-{}-01", client.span_context.span_id())
+        );
+        assert_eq!(received_trace.as_deref(), Some(trace_id.as_str()));
+        let server = captured.named("server");
+        assert_eq!(server.parent_span_id, client.span_context.span_id());
+        assert!(server.parent_span_is_remote);
+    }
+
+    #[test]
+    fn nothing_is_injected_outside_a_trace() {
+        let mut headers = HeaderMap::new();
+        inject_current_context(&mut headers);
+        assert!(headers.get("traceparent").is_none());
     }
 }

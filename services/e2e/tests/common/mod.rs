@@ -378,6 +378,12 @@ pub struct Answer {
 }
 
 impl Stack {
+    /// The bootstrap admin's email and password (for tools like loadgen).
+    #[allow(dead_code)]
+    pub fn admin_credentials(&self) -> (&'static str, &str) {
+        (ADMIN_EMAIL, &self.admin_password)
+    }
+
     pub fn builder() -> StackBuilder {
         StackBuilder::default()
     }
