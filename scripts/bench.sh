@@ -84,7 +84,7 @@ done
 log "starting the system (release build)"
 stack_keys
 admin_email="bench-admin@stockmesh.local"; admin_password="bench-admin-password"
-declare -A ready_ms rss_kib
+declare -A ready_ms rss_kib anon_kib
 start_and_wait() {
   local svc="$1" url="$2"; shift 2
   local t0 t1
@@ -107,6 +107,9 @@ start_and_wait notification "http://127.0.0.1:$((base + 85))/readyz" "HTTP_ADDR=
 sleep 2
 for i in "${!STACK_NAMES[@]}"; do
   rss_kib[${STACK_NAMES[$i]}]="$(awk '/^VmRSS:/ { print $2 }' "/proc/${STACK_PIDS[$i]}/status")"
+  # RSS = anonymous (the heap, stacks: the service's own memory) + file
+  # pages of the mapped binary and libraries (shared, reclaimable).
+  anon_kib[${STACK_NAMES[$i]}]="$(awk '/^RssAnon:/ { print $2 }' "/proc/${STACK_PIDS[$i]}/status")"
 done
 
 export LOADGEN_USER_URL="http://127.0.0.1:$((base + 81))" LOADGEN_PRODUCT_URL="http://127.0.0.1:$((base + 82))"
@@ -135,6 +138,59 @@ target="$(awk -v b="$best" 'BEGIN { printf "%.1f", b * 0.7 }')"
 log "stockmesh: open loop at 70 % of peak ($target orders/s)"
 loadgen --rate "$target" --lag-every 20 --json "$STACK_STATE/open-70.json" || true
 
+# ---------------------------------------------------------------- report
+rss_json="{"; ready_json="{"; anon_json="{"
+for svc in "${services[@]}"; do
+  rss_json+="\"$svc\": ${rss_kib[$svc]:-0},"; ready_json+="\"$svc\": ${ready_ms[$svc]:-0},"
+  anon_json+="\"$svc\": ${anon_kib[$svc]:-0},"
+done
+rss_json="${rss_json%,}}"; ready_json="${ready_json%,}}"; anon_json="${anon_json%,}}"
+python3 - "$out_dir/$stamp" "$best_ceiling" "$best_ceiling_c" "$best_c" "$best_file" "$STACK_STATE/open-70.json" \
+  "$rss_json" "$ready_json" "$seconds" "$anon_json" <<'PY'
+import json, os, platform, sys
+out, ceiling, ceiling_c, best_c, best_file, open_file, rss, ready, seconds, anon = sys.argv[1:]
+best = json.load(open(best_file)); open70 = json.load(open(open_file))
+cores = os.cpu_count()
+mem_gib = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+b, o = best["operations"]["order"], open70["operations"]["order"]
+result = {
+    "date": os.path.basename(out), "machine": {"cores": cores, "memory_gib": mem_gib, "kernel": platform.release()},
+    "step_seconds": int(seconds),
+    "ceiling": {"orders_per_second": float(ceiling), "concurrency": int(ceiling_c)},
+    "stockmesh": {
+        "peak": {"concurrency": int(best_c), "orders_per_second": b["ok_per_second"], "p50_ms": b["p50_ms"], "p90_ms": b["p90_ms"], "p99_ms": b["p99_ms"], "errors": best["errors"]},
+        "at_70_percent": {"target_rate": open70["settings"]["rate"], "orders_per_second": o["ok_per_second"], "p50_ms": o["p50_ms"], "p90_ms": o["p90_ms"], "p99_ms": o["p99_ms"], "errors": open70["errors"]},
+        "notification_lag": open70["notification_lag"],
+    },
+    "ratio_to_ceiling": round(b["ok_per_second"] / float(ceiling), 3) if float(ceiling) else None,
+    "idle_rss_mib": {k: round(v / 1024, 1) for k, v in json.loads(rss).items()},
+    "idle_rss_anon_mib": {k: round(v / 1024, 1) for k, v in json.loads(anon).items()},
+    "start_to_ready_ms": json.loads(ready),
+}
+json.dump(result, open(out + ".json", "w"), indent=2)
+lag = result["stockmesh"]["notification_lag"]
+md = f"""# stockmesh benchmark {result['date']}
+
+Machine: {cores} cores, {mem_gib} GiB; everything (five services, PostgreSQL, RabbitMQ, loadgen) on it.
+
+| measure | value |
+|---|---|
+| ceiling (pgbench, one order's DB work, -c {ceiling_c}) | {float(ceiling):.0f} orders/s |
+| stockmesh peak (closed loop, concurrency {best_c}) | {b['ok_per_second']:.0f} orders/s, p50 {b['p50_ms']:.1f} ms, p99 {b['p99_ms']:.1f} ms, {best['errors']} errors |
+| stockmesh / ceiling | {result['ratio_to_ceiling']} |
+| at 70 % of peak (open loop, {open70['settings']['rate']} orders/s) | p50 {o['p50_ms']:.1f} ms, p90 {o['p90_ms']:.1f} ms, p99 {o['p99_ms']:.1f} ms, {open70['errors']} errors |
+| notification lag at 70 % | p50 {lag['p50_ms']:.1f} ms, p99 {lag['p99_ms']:.1f} ms ({lag['samples']} samples, {lag['timeouts']} not seen in 10 s) |
+| idle RSS (MiB) | {', '.join(f'{k} {v}' for k, v in result['idle_rss_mib'].items())} |
+| of which anonymous (MiB) | {', '.join(f'{k} {v}' for k, v in result['idle_rss_anon_mib'].items())} |
+| start to ready (ms) | {', '.join(f'{k} {v}' for k, v in result['start_to_ready_ms'].items())} |
+"""
+open(out + ".md", "w").write(md)
+print(md)
+PY
+log "results: $out_dir/$stamp.json and .md"
+
+# ---------------------------------------------------------------- profile
+# After the report, so a profiling problem never costs the figures.
 if [ "${BENCH_PROFILE:-0}" = 1 ]; then
   if command -v perf >/dev/null; then
     profile="$out_dir/$stamp-profile.txt"
@@ -154,13 +210,13 @@ if [ "${BENCH_PROFILE:-0}" = 1 ]; then
     {
       echo "# CPU samples by thread name (perf record -a -F 499, $seconds s of a closed loop at concurrency $best_c)"
       echo "# <service>-rt: the service's runtime threads; postgres; N_scheduler etc.: RabbitMQ (Erlang); loadgen; swapper: idle"
-      perf report -i "$STACK_STATE/perf.data" --stdio --no-children --sort comm --percent-limit 0.5 2>/dev/null | grep -v '^$'
+      perf report -i "$STACK_STATE/perf.data" --stdio --no-children --sort comm --percent-limit 0.5 2>/dev/null | grep -v '^$' || true
       echo; echo "# Top symbols"
-      perf report -i "$STACK_STATE/perf.data" --stdio --no-children --sort comm,dso,sym --percent-limit 0.4 2>/dev/null | grep -v '^$'
+      perf report -i "$STACK_STATE/perf.data" --stdio --no-children --sort comm,dso,sym --percent-limit 0.4 2>/dev/null | grep -v '^$' || true
       for comm in order-rt inventory-rt notification-rt product-rt user-rt postgres; do
         echo; echo "# $comm: top symbols (percent of $comm's samples)"
         perf report -i "$STACK_STATE/perf.data" --stdio --no-children --comms "$comm" --percentage relative \
-          --sort dso,sym --percent-limit 1 2>/dev/null | grep -v '^#' | grep -v '^$' | cut -c1-160 | head -25
+          --sort dso,sym --percent-limit 1 2>/dev/null | grep -v -e '^#' -e '^$' | cut -c1-160 | head -25 || true
       done
     } >"$profile"
     log "profile: $profile"
@@ -169,50 +225,3 @@ if [ "${BENCH_PROFILE:-0}" = 1 ]; then
   fi
 fi
 
-# ---------------------------------------------------------------- report
-rss_json="{"; ready_json="{"
-for svc in "${services[@]}"; do
-  rss_json+="\"$svc\": ${rss_kib[$svc]:-0},"; ready_json+="\"$svc\": ${ready_ms[$svc]:-0},"
-done
-rss_json="${rss_json%,}}"; ready_json="${ready_json%,}}"
-python3 - "$out_dir/$stamp" "$best_ceiling" "$best_ceiling_c" "$best_c" "$best_file" "$STACK_STATE/open-70.json" \
-  "$rss_json" "$ready_json" "$seconds" <<'PY'
-import json, os, platform, sys
-out, ceiling, ceiling_c, best_c, best_file, open_file, rss, ready, seconds = sys.argv[1:]
-best = json.load(open(best_file)); open70 = json.load(open(open_file))
-cores = os.cpu_count()
-mem_gib = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
-b, o = best["operations"]["order"], open70["operations"]["order"]
-result = {
-    "date": os.path.basename(out), "machine": {"cores": cores, "memory_gib": mem_gib, "kernel": platform.release()},
-    "step_seconds": int(seconds),
-    "ceiling": {"orders_per_second": float(ceiling), "concurrency": int(ceiling_c)},
-    "stockmesh": {
-        "peak": {"concurrency": int(best_c), "orders_per_second": b["ok_per_second"], "p50_ms": b["p50_ms"], "p90_ms": b["p90_ms"], "p99_ms": b["p99_ms"], "errors": best["errors"]},
-        "at_70_percent": {"target_rate": open70["settings"]["rate"], "orders_per_second": o["ok_per_second"], "p50_ms": o["p50_ms"], "p90_ms": o["p90_ms"], "p99_ms": o["p99_ms"], "errors": open70["errors"]},
-        "notification_lag": open70["notification_lag"],
-    },
-    "ratio_to_ceiling": round(b["ok_per_second"] / float(ceiling), 3) if float(ceiling) else None,
-    "idle_rss_mib": {k: round(v / 1024, 1) for k, v in json.loads(rss).items()},
-    "start_to_ready_ms": json.loads(ready),
-}
-json.dump(result, open(out + ".json", "w"), indent=2)
-lag = result["stockmesh"]["notification_lag"]
-md = f"""# stockmesh benchmark {result['date']}
-
-Machine: {cores} cores, {mem_gib} GiB; everything (five services, PostgreSQL, RabbitMQ, loadgen) on it.
-
-| measure | value |
-|---|---|
-| ceiling (pgbench, one order's DB work, -c {ceiling_c}) | {float(ceiling):.0f} orders/s |
-| stockmesh peak (closed loop, concurrency {best_c}) | {b['ok_per_second']:.0f} orders/s, p50 {b['p50_ms']:.1f} ms, p99 {b['p99_ms']:.1f} ms, {best['errors']} errors |
-| stockmesh / ceiling | {result['ratio_to_ceiling']} |
-| at 70 % of peak (open loop, {open70['settings']['rate']} orders/s) | p50 {o['p50_ms']:.1f} ms, p90 {o['p90_ms']:.1f} ms, p99 {o['p99_ms']:.1f} ms, {open70['errors']} errors |
-| notification lag at 70 % | p50 {lag['p50_ms']:.1f} ms, p99 {lag['p99_ms']:.1f} ms ({lag['samples']} samples, {lag['timeouts']} not seen in 10 s) |
-| idle RSS (MiB) | {', '.join(f'{k} {v}' for k, v in result['idle_rss_mib'].items())} |
-| start to ready (ms) | {', '.join(f'{k} {v}' for k, v in result['start_to_ready_ms'].items())} |
-"""
-open(out + ".md", "w").write(md)
-print(md)
-PY
-log "results: $out_dir/$stamp.json and .md"

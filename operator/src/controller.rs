@@ -115,6 +115,22 @@ pub fn backoff(failures: u32) -> Duration {
     Duration::from_secs((5u64 << exp).min(300))
 }
 
+/// Marks the current (reconcile) span failed the OpenTelemetry way: status
+/// Error, `error.type`, and an `exception` event carrying the message.
+fn mark_span_failed(reason: &str, err: &Error) {
+    let span = tracing::Span::current();
+    span.record("otel.status_code", "ERROR");
+    span.record("error.type", reason);
+    // An event whose only text is an `error` field becomes the span's
+    // `exception` event (Display, so the message is not quoted).
+    tracing::event!(
+        target: crate::telemetry::EXCEPTION_TARGET,
+        tracing::Level::ERROR,
+        "exception.type" = reason,
+        error = tracing::field::display(err),
+    );
+}
+
 /// Entry point used by the controller (and the tests).
 pub async fn reconcile(obj: Arc<InventorySystem>, ctx: Arc<Context>) -> Result<Action, Error> {
     let span = info_span!(
@@ -122,6 +138,8 @@ pub async fn reconcile(obj: Arc<InventorySystem>, ctx: Arc<Context>) -> Result<A
         name = %obj.name_any(),
         namespace = %obj.namespace().unwrap_or_default(),
         generation = obj.metadata.generation.unwrap_or_default(),
+        otel.status_code = tracing::field::Empty,
+        error.type = tracing::field::Empty,
     );
     async move {
         let started = Instant::now();
@@ -138,7 +156,9 @@ pub async fn reconcile(obj: Arc<InventorySystem>, ctx: Arc<Context>) -> Result<A
                 );
             }
             Err(err) => {
-                ctx.metrics.failed(&err.metric_reason());
+                let reason = err.metric_reason();
+                ctx.metrics.failed(&reason);
+                mark_span_failed(&reason, err);
                 warn!(error = %err, "reconcile failed");
                 report_failure(&obj, &ctx, err).await;
             }

@@ -21,6 +21,8 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
 pub const SERVICE_NAME: &str = "stockmesh-operator";
+/// Target of the `exception` span events; the log layer skips them.
+pub const EXCEPTION_TARGET: &str = "stockmesh::exception";
 
 /// Where and how much to export, from the standard OpenTelemetry variables.
 #[derive(Clone, Debug, PartialEq)]
@@ -138,6 +140,11 @@ pub fn init() -> anyhow::Result<Telemetry> {
             .with_tracer(p.tracer(SERVICE_NAME))
             .with_error_records_to_exceptions(true)
     });
+    // The exception events of failed spans are for traces; the failure is
+    // already logged where it is handled.
+    let log_layer = log_layer.with_filter(tracing_subscriber::filter::filter_fn(|meta| {
+        meta.target() != EXCEPTION_TARGET
+    }));
     tracing_subscriber::registry()
         .with(filter)
         .with(log_layer)

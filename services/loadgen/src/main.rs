@@ -339,7 +339,9 @@ async fn notification_lag(
     while Instant::now() < give_up {
         if let Ok(response) = api
             .http
-            .get(format!("{}/api/notifications?limit=100", api.notifications))
+            // Newest first: the order's notification is among the user's
+            // latest few; a small page keeps the measurement light.
+            .get(format!("{}/api/notifications?limit=20", api.notifications))
             .bearer_auth(token)
             .send()
             .await
