@@ -366,3 +366,26 @@ async fn sigterm_finishes_the_message_in_hand_and_exits_cleanly() {
     delete_queues(&channel, &queue).await;
     let _ = amqp.close(200, "test over".into()).await;
 }
+
+/// The broker connection proposes small frames (lapin buffers 32 frames
+/// each way per connection), unless `AMQP_URL` asks for another size.
+#[tokio::test]
+async fn connections_negotiate_small_frames_unless_the_url_says_otherwise() {
+    use stockmesh_platform::broker::{self, BrokerConfig, FRAME_MAX};
+    let url = stockmesh_testkit::infra().amqp_url.clone();
+    let connection = broker::connect(&BrokerConfig { url: url.clone() }, "frame-test")
+        .await
+        .expect("connect");
+    assert_eq!(connection.configuration().frame_max(), FRAME_MAX);
+    let _ = connection.close(200, "done".into()).await;
+
+    let separator = if url.contains('?') { '&' } else { '?' };
+    let larger = BrokerConfig {
+        url: format!("{url}{separator}frame_max=65536"),
+    };
+    let connection = broker::connect(&larger, "frame-test")
+        .await
+        .expect("connect with frame_max");
+    assert_eq!(connection.configuration().frame_max(), 65536);
+    let _ = connection.close(200, "done".into()).await;
+}
