@@ -42,15 +42,20 @@ where
 
 /// glibc malloc settings for small, long-running services (set before any
 /// thread starts):
-/// - a fixed mmap threshold of 256 KiB: large buffers (argon2's 19 MiB
-///   working memory per password hash, big response bodies) are mapped and
-///   returned to the system when freed. glibc's default *raises* the
-///   threshold after the first such free, so every later hash would stay in
-///   the heap and the process would keep ~20 MiB it no longer uses;
+/// - a fixed mmap threshold of 4 MiB: very large buffers (argon2's 19 MiB
+///   working memory per password hash) are mapped and returned to the
+///   system when freed. glibc's default *raises* the threshold after the
+///   first such free, so every later hash would come from the heap and the
+///   process would keep ~20 MiB it no longer uses. 4 MiB, not glibc's
+///   128 KiB, so ordinary request and connection buffers never pay an
+///   mmap/munmap (and its page faults) per use;
+/// - a fixed trim threshold of 8 MiB (fixing the mmap threshold would
+///   otherwise leave it at 128 KiB and shrink and regrow the heap often);
 /// - at most two arenas: every thread that allocates would otherwise get its
 ///   own (8 per core), each holding freed memory of its own.
 ///
-/// `MALLOC_ARENA_MAX` / `MALLOC_MMAP_THRESHOLD_` in the environment still win.
+/// `MALLOC_MMAP_THRESHOLD_`, `MALLOC_TRIM_THRESHOLD_` and `MALLOC_ARENA_MAX`
+/// in the environment still win.
 fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
@@ -63,7 +68,8 @@ fn tune_allocator() {
                 }
             }
         };
-        set("MALLOC_MMAP_THRESHOLD_", libc::M_MMAP_THRESHOLD, 256 * 1024);
+        set("MALLOC_MMAP_THRESHOLD_", libc::M_MMAP_THRESHOLD, 4 << 20);
+        set("MALLOC_TRIM_THRESHOLD_", libc::M_TRIM_THRESHOLD, 8 << 20);
         set("MALLOC_ARENA_MAX", libc::M_ARENA_MAX, 2);
     }
 }
