@@ -777,3 +777,76 @@ fn backoff_doubles_up_to_five_minutes() {
     assert_eq!(backoff(4), Duration::from_secs(40));
     assert_eq!(backoff(30), Duration::from_secs(300));
 }
+
+/// Keeps the spans the reconcile exported.
+#[derive(Clone, Debug, Default)]
+struct CapturedSpans(Arc<std::sync::Mutex<Vec<opentelemetry_sdk::trace::SpanData>>>);
+
+impl opentelemetry_sdk::trace::SpanExporter for CapturedSpans {
+    async fn export(
+        &self,
+        batch: Vec<opentelemetry_sdk::trace::SpanData>,
+    ) -> opentelemetry_sdk::error::OTelSdkResult {
+        if let Ok(mut spans) = self.0.lock() {
+            spans.extend(batch);
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_failed_reconcile_is_an_error_span_with_an_exception_event() {
+    use opentelemetry::trace::{Status, TracerProvider as _};
+    use tracing_subscriber::layer::SubscriberExt;
+
+    let captured = CapturedSpans::default();
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_simple_exporter(captured.clone())
+        .build();
+    let subscriber = tracing_subscriber::registry().with(
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("test"))
+            .with_error_records_to_exceptions(true),
+    );
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let fake = Fake::new();
+    fake.lock()
+        .forbidden
+        .push(format!("PATCH {}", coll("apps/v1", "deployments")));
+    let obj = system("shop", json!({}), 1);
+    let (result, _, _) = run(&fake, &obj).await;
+    assert!(result.is_err());
+    let _ = provider.force_flush();
+
+    let spans = captured.0.lock().expect("spans").clone();
+    let span = spans
+        .iter()
+        .find(|s| s.name == "reconcile")
+        .expect("a reconcile span");
+    assert!(
+        matches!(&span.status, Status::Error { .. }),
+        "{:?}",
+        span.status
+    );
+    assert!(
+        span.attributes
+            .iter()
+            .any(|kv| kv.key.as_str() == "error.type" && kv.value.as_str() == "Forbidden"),
+        "{:?}",
+        span.attributes
+    );
+    let exception = span
+        .events
+        .iter()
+        .find(|e| e.name == "exception")
+        .expect("an exception event");
+    assert!(
+        exception
+            .attributes
+            .iter()
+            .any(|kv| kv.key.as_str() == "exception.message" && !kv.value.as_str().is_empty()),
+        "{:?}",
+        exception.attributes
+    );
+}
