@@ -9,6 +9,7 @@ use stockmesh_platform::grpc::{self, GrpcSettings};
 use stockmesh_platform::health::Readiness;
 use stockmesh_platform::http::{self, HttpLimits};
 use stockmesh_platform::metrics::Metrics;
+use stockmesh_platform::runtime;
 use stockmesh_platform::{Shutdown, db};
 use stockmesh_proto::inventory::v1::inventory_service_server::InventoryServiceServer;
 use tokio::net::TcpListener;
@@ -40,12 +41,8 @@ impl Application {
         db::migrate(&pool, &MIGRATOR, 30).await?;
         let metrics = Metrics::new(config.common.service_name);
         db::register_pool_metrics(&metrics, &pool);
-        let http_listener = TcpListener::bind(config.common.http_addr)
-            .await
-            .map_err(|e| anyhow::anyhow!("binding HTTP {}: {e}", config.common.http_addr))?;
-        let grpc_listener = TcpListener::bind(config.grpc_addr)
-            .await
-            .map_err(|e| anyhow::anyhow!("binding gRPC {}: {e}", config.grpc_addr))?;
+        let http_listener = runtime::bind(config.common.http_addr, "HTTP").await?;
+        let grpc_listener = runtime::bind(config.grpc_addr, "gRPC").await?;
         Ok(Self {
             config,
             pool,

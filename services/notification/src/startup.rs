@@ -8,6 +8,7 @@ use stockmesh_platform::auth::Verifier;
 use stockmesh_platform::health::Readiness;
 use stockmesh_platform::http::{self, HttpLimits};
 use stockmesh_platform::metrics::Metrics;
+use stockmesh_platform::runtime;
 use stockmesh_platform::{Shutdown, db};
 use tokio::net::TcpListener;
 
@@ -43,9 +44,7 @@ impl Application {
         let consumer_metrics = ConsumerMetrics::register(&metrics);
         let verifier = Verifier::new(&config.auth)?;
         let service = NotificationService::new(NotificationRepository::new(pool.clone()));
-        let listener = TcpListener::bind(config.common.http_addr)
-            .await
-            .map_err(|e| anyhow::anyhow!("binding HTTP {}: {e}", config.common.http_addr))?;
+        let listener = runtime::bind(config.common.http_addr, "HTTP").await?;
         Ok(Self {
             config,
             pool,

@@ -10,6 +10,7 @@ use stockmesh_platform::grpc_client::Upstream;
 use stockmesh_platform::health::Readiness;
 use stockmesh_platform::http::{self, HttpLimits};
 use stockmesh_platform::metrics::Metrics;
+use stockmesh_platform::runtime;
 use stockmesh_platform::{Shutdown, db};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
@@ -55,9 +56,7 @@ impl Application {
             relay_wake.clone(),
         );
         let verifier = Verifier::new(&config.auth)?;
-        let listener = TcpListener::bind(config.common.http_addr)
-            .await
-            .map_err(|e| anyhow::anyhow!("binding HTTP {}: {e}", config.common.http_addr))?;
+        let listener = runtime::bind(config.common.http_addr, "HTTP").await?;
         Ok(Self {
             config,
             pool,

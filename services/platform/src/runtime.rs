@@ -74,6 +74,17 @@ fn tune_allocator() {
     }
 }
 
+/// Binds a service's listener; `what` ("HTTP", "gRPC") names it in the
+/// error, which says which address could not be taken.
+pub async fn bind(
+    addr: std::net::SocketAddr,
+    what: &str,
+) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("binding {what} {addr}: {e}"))
+}
+
 pub async fn run<C, F, Fut>(
     name: &str,
     config: Result<C, ConfigError>,

@@ -10,6 +10,7 @@ use stockmesh_platform::grpc_client::Upstream;
 use stockmesh_platform::health::Readiness;
 use stockmesh_platform::http::{self, HttpLimits};
 use stockmesh_platform::metrics::Metrics;
+use stockmesh_platform::runtime;
 use stockmesh_platform::{Shutdown, db};
 use stockmesh_proto::product::v1::product_service_server::ProductServiceServer;
 use tokio::net::TcpListener;
@@ -46,12 +47,8 @@ impl Application {
             StockClient::new(inventory),
         );
         let verifier = Verifier::new(&config.auth)?;
-        let http_listener = TcpListener::bind(config.common.http_addr)
-            .await
-            .map_err(|e| anyhow::anyhow!("binding HTTP {}: {e}", config.common.http_addr))?;
-        let grpc_listener = TcpListener::bind(config.grpc_addr)
-            .await
-            .map_err(|e| anyhow::anyhow!("binding gRPC {}: {e}", config.grpc_addr))?;
+        let http_listener = runtime::bind(config.common.http_addr, "HTTP").await?;
+        let grpc_listener = runtime::bind(config.grpc_addr, "gRPC").await?;
         Ok(Self {
             config,
             pool,

@@ -7,6 +7,7 @@ use stockmesh_platform::auth::Verifier;
 use stockmesh_platform::health::Readiness;
 use stockmesh_platform::http::{self, HttpLimits};
 use stockmesh_platform::metrics::Metrics;
+use stockmesh_platform::runtime;
 use stockmesh_platform::{Shutdown, db};
 use tokio::net::TcpListener;
 
@@ -53,9 +54,7 @@ impl Application {
                 .await
                 .map_err(|e| anyhow::anyhow!("creating the first administrator: {e}"))?;
         }
-        let listener = TcpListener::bind(config.common.http_addr)
-            .await
-            .map_err(|e| anyhow::anyhow!("binding HTTP {}: {e}", config.common.http_addr))?;
+        let listener = runtime::bind(config.common.http_addr, "HTTP").await?;
         Ok(Self {
             config,
             pool,
