@@ -30,7 +30,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-cargo build --locked --bins -q
+# Same flags as make test's build, so nothing is rebuilt with other features.
+cargo build --workspace --all-targets --locked -q
 stack_keys
 admin_email="fuzz-admin@stockmesh.test"
 admin_password="fuzz-admin-password"

@@ -23,6 +23,43 @@ export STOCKMESH_ADMIN_PASSWORD="${STOCKMESH_ADMIN_PASSWORD:-stockmesh-admin}"
 
 log() { printf '\033[1m[run]\033[0m %s\n' "$*"; }
 
+# Every port this run will listen on must be free before anything starts:
+# otherwise readiness checks are answered by whoever holds the port (another
+# `make run`, say) and the banner lies. One message per taken port, naming
+# what it is for and the variable that moves it.
+check_ports() {
+  local taken=0 spec addr var what
+  for spec in \
+    "$gateway_addr STOCKMESH_GATEWAY_ADDR gateway" \
+    "$user_http USER_HTTP_ADDR user-HTTP" \
+    "$product_http PRODUCT_HTTP_ADDR product-HTTP" \
+    "$product_grpc PRODUCT_GRPC_ADDR product-gRPC" \
+    "$inventory_http INVENTORY_HTTP_ADDR inventory-HTTP" \
+    "$inventory_grpc INVENTORY_GRPC_ADDR inventory-gRPC" \
+    "$order_http ORDER_HTTP_ADDR order-HTTP" \
+    "$notification_http NOTIFICATION_HTTP_ADDR notification-HTTP"; do
+    read -r addr var what <<<"$spec"
+    if ! python3 - "$addr" <<'PY' 2>/dev/null; then
+import socket, sys
+host, _, port = sys.argv[1].rpartition(":")
+family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+s = socket.socket(family, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((host.strip("[]"), int(port)))
+PY
+      local holder
+      holder="$(ss -Hltnp "sport = :${addr##*:}" 2>/dev/null | grep -o 'users:(("[^"]*",pid=[0-9]*' | head -n 1 | sed 's/users:(("\([^"]*\)",pid=\([0-9]*\)/\1, pid \2/')"
+      log "port $addr (${what/-/ }) is already in use${holder:+ by $holder}: stop what holds it (another make run?) or set $var=127.0.0.1:<free port>"
+      taken=1
+    fi
+  done
+  return "$taken"
+}
+if ! check_ports; then
+  log "not starting: the ports above are taken"
+  exit 1
+fi
+
 env_file="$(scripts/infra.sh up run)"
 # shellcheck source=/dev/null
 source "$env_file"
@@ -112,6 +149,11 @@ CONF
 "$nginx_bin" -c "$ngx/nginx.conf" -p "$ngx" &
 nginx_pid=$!
 for _ in $(seq 1 40); do
+  if ! kill -0 "$nginx_pid" 2>/dev/null; then
+    log "the gateway failed to start; last lines of $ngx/logs/error.log:"
+    tail -n 5 "$ngx/logs/error.log" >&2 || true
+    exit 1
+  fi
   if curl -fsS -o /dev/null "http://$gateway_addr/api/products"; then break; fi
   sleep 0.25
 done

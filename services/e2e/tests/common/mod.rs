@@ -71,27 +71,79 @@ impl Svc {
     }
 }
 
-/// The directory holding the service binaries: the test executable lives in
-/// `target/<profile>/deps/`, the binaries in `target/<profile>/`. Fails with
-/// a clear message when one is missing (the tests never run cargo).
+/// Every binary the end-to-end tests start: the five services and `loadgen`.
+pub const BINARIES: [&str; 6] = [
+    "inventory",
+    "product",
+    "user",
+    "order",
+    "notification",
+    "loadgen",
+];
+
+/// The directory holding the binaries the tests start, built by this test
+/// run itself. The test executable lives in `target/<profile>/deps/`, the
+/// binaries in `target/<profile>/`. Under cargo (`CARGO` is set) the whole
+/// workspace is built once per test process, with the same flags as
+/// `make test`, into this very target directory: `cargo test` builds a
+/// package's executables only when that package has integration tests, so a
+/// binary without them (`loadgen`) would otherwise be missing on a clean
+/// clone, or stale from an earlier build. Fails with a clear message when a
+/// binary is still missing.
 pub fn binary_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("path of the test executable");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .unwrap_or_else(|| panic!("unexpected test executable path {}", exe.display()))
-        .to_path_buf();
-    let missing: Vec<&str> = Svc::ALL
-        .iter()
-        .map(|svc| svc.name())
-        .filter(|name| !dir.join(name).is_file())
-        .collect();
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let exe = std::env::current_exe().expect("path of the test executable");
+        let dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .unwrap_or_else(|| panic!("unexpected test executable path {}", exe.display()))
+            .to_path_buf();
+        build_binaries(&dir);
+        let missing: Vec<&str> = BINARIES
+            .iter()
+            .copied()
+            .filter(|name| !dir.join(name).is_file())
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "binaries {missing:?} not found in {}: run `cargo build --workspace --all-targets` first or use make test",
+            dir.display()
+        );
+        dir
+    })
+    .clone()
+}
+
+/// `cargo build --workspace --all-targets` into the target directory that
+/// holds `bin_dir` (same profile, same feature unification as `cargo test
+/// --workspace --all-targets`, so nothing already built is rebuilt). A no-op
+/// outside cargo, where the binaries must already be there.
+fn build_binaries(bin_dir: &Path) {
+    let Some(cargo) = std::env::var_os("CARGO") else {
+        return;
+    };
+    let (Some(target_dir), Some(profile_dir)) = (bin_dir.parent(), bin_dir.file_name()) else {
+        return;
+    };
+    let profile = match profile_dir.to_str() {
+        Some("debug") => "dev",
+        Some(other) => other,
+        None => return,
+    };
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let status = Command::new(cargo)
+        .current_dir(&workspace)
+        .args(["build", "--workspace", "--all-targets", "--locked", "--quiet"])
+        .args(["--profile", profile])
+        .arg("--target-dir")
+        .arg(target_dir)
+        .status()
+        .expect("run cargo build for the binaries under test");
     assert!(
-        missing.is_empty(),
-        "service binaries {missing:?} not found in {}: run `cargo build --bins` first or use make test",
-        dir.display()
+        status.success(),
+        "cargo build --workspace --all-targets failed ({status})"
     );
-    dir
 }
 
 /// `n` distinct free loopback ports (all bound at once, then released).
