@@ -91,7 +91,7 @@ start_private_pg() {
   log "starting private PostgreSQL on 127.0.0.1:$pg_port"
   as_pg_owner "$bin/pg_ctl" -D "$data" -l "$state/pg/server.log" -o "$opts" -w -t 60 start >/dev/null \
     || { tail -n 30 "$state/pg/server.log" >&2; exit 1; }
-  touch "$state/pg.started"
+  owner_mark "$state/pg.started"
 }
 
 install_packages() {
@@ -181,11 +181,11 @@ EOF
     done
     "$sbin/rabbitmqctl" -q await_startup >/dev/null 2>&1 || true
   )
-  touch "$state/rabbitmq.started"
+  owner_mark "$state/rabbitmq.started"
 }
 
 stop_private_rabbitmq() {
-  [ -e "$state/rabbitmq.started" ] || return 0
+  owned "$state/rabbitmq.started" || return 0
   local sbin
   sbin="$(rabbit_sbin)"
   (
@@ -199,8 +199,20 @@ stop_private_rabbitmq() {
   rm -f "$state/rabbitmq.started"
 }
 
+# Who started a private server: `$STOCKMESH_INFRA_OWNER` (make test and
+# make run set it to their own pid), so that their `down` stops only what
+# their own `up` started, never a server another run started and is still
+# using. Without an owner (`make infra-down`, the test harness), `down`
+# stops whatever `up` started.
+owner_mark() { printf '%s\n' "${STOCKMESH_INFRA_OWNER:-}" >"$1"; }
+owned() {
+  [ -e "$1" ] || return 1
+  [ -z "${STOCKMESH_INFRA_OWNER:-}" ] && return 0
+  [ "$(cat "$1" 2>/dev/null)" = "$STOCKMESH_INFRA_OWNER" ]
+}
+
 stop_private_pg() {
-  [ -e "$state/pg.started" ] || return 0
+  owned "$state/pg.started" || return 0
   log "stopping private PostgreSQL on port $pg_port"
   as_pg_owner "$(pg_bin)/pg_ctl" -D "$state/pg/data" -m fast -w stop >/dev/null 2>&1 || true
   rm -f "$state/pg.started"

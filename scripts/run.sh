@@ -60,6 +60,7 @@ if ! check_ports; then
   exit 1
 fi
 
+export STOCKMESH_INFRA_OWNER="$$"
 env_file="$(scripts/infra.sh up run)"
 # shellcheck source=/dev/null
 source "$env_file"

@@ -11,6 +11,7 @@ cd "$(dirname "$0")/.."
 
 STOCKMESH_K8S_CHECK_STRICT=1 scripts/k8s-check.sh
 
+export STOCKMESH_INFRA_OWNER="$$"
 env_file="$(scripts/infra.sh up test)"
 results="$(mktemp)"
 fuzz_results="$(mktemp)"
