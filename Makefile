@@ -25,6 +25,9 @@ profile: ## `make bench` plus a perf profile of every process at the peak (bench
 
 lint: ## Formatting check and clippy with warnings as errors
 	$(CARGO) fmt --all -- --check
+	$(MAKE) --no-print-directory clippy
+
+clippy: ## Clippy on every crate and target, warnings as errors
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
 fmt: ## Format the code
