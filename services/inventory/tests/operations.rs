@@ -167,7 +167,7 @@ async fn metrics_count_calls_per_method_and_code() {
         .await
         .unwrap();
     assert!(
-        text.contains(r#"stockmesh_grpc_server_handled_total{service="inventory",service="stockmesh.inventory.v1.InventoryService",method="GetStock",code="NOT_FOUND"} 1"#)
+        text.contains(r#"stockmesh_grpc_server_handled_total{service="inventory",grpc_service="stockmesh.inventory.v1.InventoryService",grpc_method="GetStock",grpc_code="NOT_FOUND"} 1"#)
             || text.contains(r#"method="GetStock",code="NOT_FOUND"} 1"#),
         "{text}"
     );

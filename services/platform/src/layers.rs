@@ -323,15 +323,18 @@ where
                 metrics
                     .grpc_server_handled
                     .get_or_create(&GrpcLabels {
-                        service: service.clone(),
-                        method: method.clone(),
-                        code: grpc_code_name(code).to_owned(),
+                        grpc_service: service.clone(),
+                        grpc_method: method.clone(),
+                        grpc_code: grpc_code_name(code).to_owned(),
                     })
                     .inc();
                 crate::metrics::observe_latency(
                     &metrics
                         .grpc_server_duration
-                        .get_or_create(&GrpcMethodLabels { service, method }),
+                        .get_or_create(&GrpcMethodLabels {
+                            grpc_service: service,
+                            grpc_method: method,
+                        }),
                     start.elapsed().as_secs_f64(),
                     &current,
                 );

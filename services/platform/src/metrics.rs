@@ -65,17 +65,21 @@ pub struct HttpRouteLabels {
     pub route: String,
 }
 
+/// Labels of a gRPC call. Named `grpc_*` (as go-grpc-prometheus does)
+/// because every series already carries `service`, the emitting service's
+/// name: a second `service` label makes Prometheus reject the whole scrape.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct GrpcLabels {
-    pub service: String,
-    pub method: String,
-    pub code: String,
+    pub grpc_service: String,
+    pub grpc_method: String,
+    pub grpc_code: String,
 }
 
+/// Labels of a gRPC method (see [`GrpcLabels`] for the names).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct GrpcMethodLabels {
-    pub service: String,
-    pub method: String,
+    pub grpc_service: String,
+    pub grpc_method: String,
 }
 
 /// Request metrics shared by every service.
@@ -245,5 +249,62 @@ mod tests {
             text.contains(r#"stockmesh_things{service="inventory"} 7"#),
             "{text}"
         );
+    }
+
+    /// Every label name in the rendered exposition, per series line.
+    fn label_names(line: &str) -> Vec<String> {
+        let Some(open) = line.find('{') else {
+            return Vec::new();
+        };
+        let Some(close) = line[open..].find('}') else {
+            return Vec::new();
+        };
+        let mut names = Vec::new();
+        let mut rest = &line[open + 1..open + close];
+        while let Some(eq) = rest.find('=') {
+            names.push(rest[..eq].trim_start_matches(',').to_owned());
+            // Skip the quoted value (label values here hold no quotes).
+            let after = &rest[eq + 2..];
+            let end = after.find('"').map_or(after.len(), |i| i + 1);
+            rest = &after[end..];
+        }
+        names
+    }
+
+    /// Prometheus rejects a whole scrape when one series repeats a label
+    /// name; the gRPC families once added a second `service`.
+    #[tokio::test]
+    async fn no_series_repeats_a_label_name() {
+        let metrics = Metrics::new("inventory");
+        let grpc = GrpcLabels {
+            grpc_service: "stockmesh.inventory.v1.InventoryService".into(),
+            grpc_method: "GetStock".into(),
+            grpc_code: "OK".into(),
+        };
+        let method = GrpcMethodLabels {
+            grpc_service: grpc.grpc_service.clone(),
+            grpc_method: grpc.grpc_method.clone(),
+        };
+        metrics.requests.grpc_server_handled.get_or_create(&grpc).inc();
+        metrics.requests.grpc_client_handled.get_or_create(&grpc).inc();
+        observe_latency(
+            &metrics.requests.grpc_server_duration.get_or_create(&method),
+            0.01,
+            &tracing::Span::none(),
+        );
+        observe_latency(
+            &metrics.requests.grpc_client_duration.get_or_create(&method),
+            0.01,
+            &tracing::Span::none(),
+        );
+        let text = metrics.render().await;
+        assert!(text.contains("grpc_service=\"stockmesh.inventory.v1.InventoryService\""), "{text}");
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let mut names = label_names(line);
+            let count = names.len();
+            names.sort();
+            names.dedup();
+            assert_eq!(names.len(), count, "a label name repeats in: {line}");
+        }
     }
 }
