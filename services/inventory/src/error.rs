@@ -40,6 +40,10 @@ pub enum InventoryError {
     WouldOverflow(Uuid),
     #[error("reservation of order {0} was released and cannot be committed")]
     AlreadyReleased(Uuid),
+    /// A Reserve for an order that was already released (a late or
+    /// repeated call after the caller gave the order up).
+    #[error("order {0} was released; nothing can be reserved for it any more")]
+    ReservationReleased(Uuid),
     #[error("database unavailable")]
     Unavailable(#[source] sqlx::Error),
     #[error("database error")]
@@ -77,8 +81,10 @@ impl From<InventoryError> for ApiError {
                 ApiError::new(ErrorKind::FailedPrecondition, err.to_string())
                     .with_code("stock_out_of_range")
             }
-            AlreadyReleased(_) => ApiError::new(ErrorKind::FailedPrecondition, err.to_string())
-                .with_code("reservation_released"),
+            AlreadyReleased(_) | ReservationReleased(_) => {
+                ApiError::new(ErrorKind::FailedPrecondition, err.to_string())
+                    .with_code("reservation_released")
+            }
             Unavailable(source) => {
                 tracing::warn!(error = %stockmesh_platform::error::ErrorChain(source), "database unavailable");
                 ApiError::unavailable(
@@ -93,6 +99,17 @@ impl From<InventoryError> for ApiError {
 
 impl From<InventoryError> for tonic::Status {
     fn from(err: InventoryError) -> Self {
+        if let InventoryError::ReservationReleased(_) = err {
+            // ABORTED, not FAILED_PRECONDITION: the call lost a race with
+            // the order's Release, which callers must tell apart from a
+            // shortage (FAILED_PRECONDITION); retrying it cannot succeed.
+            let mut status = tonic::Status::aborted(err.to_string());
+            status.metadata_mut().insert(
+                "error-code",
+                tonic::metadata::MetadataValue::from_static("reservation_released"),
+            );
+            return status;
+        }
         ApiError::from(err).into()
     }
 }

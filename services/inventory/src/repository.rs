@@ -4,6 +4,12 @@
 //! on a prior read: stock only moves through conditional `UPDATE`s
 //! (`... WHERE available >= $q`), and a reservation is keyed by its order
 //! id, so concurrent and repeated calls cannot oversell or double-count.
+//!
+//! A reservation row only ever moves forward: `reserved` → `committed` →
+//! `released`, or `reserved` → `released`. A release that finds no row
+//! leaves a tombstone (`released`, no product, quantity 0), so a Reserve
+//! that arrives after its order's Release finds the order released and
+//! takes nothing: late calls cannot hold stock forever.
 
 use sqlx::{PgPool, Postgres, Row, Transaction};
 use stockmesh_platform::db::span as db_span;
@@ -34,24 +40,45 @@ pub struct InventoryRepository {
     pool: PgPool,
 }
 
-/// A client span for one database operation (name, never parameter values).
 fn foreign_key_violation(err: &sqlx::Error) -> bool {
     matches!(err, sqlx::Error::Database(db) if db.code().as_deref() == Some("23503"))
 }
 
-fn reservation_from_row(row: &sqlx::postgres::PgRow) -> Result<Reservation, InventoryError> {
+/// A row of `reservations`.
+enum Stored {
+    /// Units of a product held (or once held) for the order.
+    Holding(Reservation),
+    /// The order was released before it held anything.
+    Tombstone,
+}
+
+fn stored_from_row(row: &sqlx::postgres::PgRow) -> Result<Stored, InventoryError> {
     let state: String = row.try_get("state")?;
     let state = ReservationState::parse(&state).ok_or_else(|| {
         InventoryError::Database(sqlx::Error::Decode(
             format!("unknown reservation state {state:?}").into(),
         ))
     })?;
-    Ok(Reservation {
+    let product_id: Option<Uuid> = row.try_get("product_id")?;
+    let Some(product_id) = product_id else {
+        return Ok(Stored::Tombstone);
+    };
+    Ok(Stored::Holding(Reservation {
         order_id: row.try_get("order_id")?,
-        product_id: row.try_get("product_id")?,
+        product_id,
         quantity: row.try_get("quantity")?,
         state,
-    })
+    }))
+}
+
+/// A row that a statement filtered on a live state returned: never a tombstone.
+fn holding_from_row(row: &sqlx::postgres::PgRow) -> Result<Reservation, InventoryError> {
+    match stored_from_row(row)? {
+        Stored::Holding(reservation) => Ok(reservation),
+        Stored::Tombstone => Err(InventoryError::Database(sqlx::Error::Decode(
+            "a tombstone where a live reservation was expected".into(),
+        ))),
+    }
 }
 
 impl InventoryRepository {
@@ -90,15 +117,27 @@ impl InventoryRepository {
                 Err(err) => return Err(err.into()),
             };
             if inserted == 0 {
-                let existing = Self::reservation_in(&mut tx, order_id)
+                let existing = match Self::reservation_in(&mut tx, order_id)
                     .await?
-                    .ok_or(InventoryError::UnknownReservation(order_id))?;
+                    .ok_or(InventoryError::UnknownReservation(order_id))?
+                {
+                    Stored::Holding(existing) => existing,
+                    // Released before this reserve arrived: its caller has
+                    // given the order up, so nothing may be taken for it.
+                    Stored::Tombstone => {
+                        tx.commit().await?;
+                        return Err(InventoryError::ReservationReleased(order_id));
+                    }
+                };
                 let stock = Self::stock_in(&mut tx, existing.product_id)
                     .await?
                     .ok_or(InventoryError::UnknownProduct(existing.product_id))?;
                 tx.commit().await?;
                 if existing.product_id != product_id || existing.quantity != quantity {
                     return Err(InventoryError::ReservationMismatch(order_id));
+                }
+                if existing.state == ReservationState::Released {
+                    return Err(InventoryError::ReservationReleased(order_id));
                 }
                 return Ok(ReserveOutcome::Replayed(existing, stock));
             }
@@ -144,37 +183,81 @@ impl InventoryRepository {
         .await
     }
 
+    /// Returns the order's units to stock, once: a reserved reservation
+    /// gives back its held units, a committed one its sold units (the
+    /// order was cancelled after the sale). An order with no reservation
+    /// gets a tombstone, so a Reserve arriving later takes nothing.
     pub async fn release(&self, order_id: Uuid) -> Result<ReleaseOutcome, InventoryError> {
         async {
             let mut tx = self.pool.begin().await?;
-            let released = sqlx::query(
-                "UPDATE reservations SET state = 'released', updated_at = now() \
-                 WHERE order_id = $1 AND state = 'reserved' \
-                 RETURNING order_id, product_id, quantity, state",
+            // A concurrent Reserve of the same order makes this wait for it
+            // (primary key), then conflict: then its reservation is released below.
+            let tombstone = sqlx::query(
+                "INSERT INTO reservations (order_id, product_id, quantity, state) \
+                 VALUES ($1, NULL, 0, 'released') ON CONFLICT (order_id) DO NOTHING",
+            )
+            .bind(order_id)
+            .execute(&mut *tx)
+            .await?;
+            if tombstone.rows_affected() == 1 {
+                tx.commit().await?;
+                return Ok(ReleaseOutcome {
+                    reservation: None,
+                    released_now: false,
+                });
+            }
+            let row = sqlx::query(
+                "SELECT order_id, product_id, quantity, state FROM reservations \
+                 WHERE order_id = $1 FOR UPDATE",
             )
             .bind(order_id)
             .fetch_optional(&mut *tx)
             .await?;
-            let Some(row) = released else {
-                let existing = Self::reservation_in(&mut tx, order_id).await?;
-                tx.commit().await?;
-                return Ok(ReleaseOutcome {
-                    reservation: existing,
-                    released_now: false,
-                });
+            let existing = row.as_ref().map(stored_from_row).transpose()?;
+            let reservation = match existing {
+                Some(Stored::Holding(r)) if r.state != ReservationState::Released => r,
+                Some(Stored::Holding(released)) => {
+                    tx.commit().await?;
+                    return Ok(ReleaseOutcome {
+                        reservation: Some(released),
+                        released_now: false,
+                    });
+                }
+                Some(Stored::Tombstone) | None => {
+                    tx.commit().await?;
+                    return Ok(ReleaseOutcome {
+                        reservation: None,
+                        released_now: false,
+                    });
+                }
             };
-            let reservation = reservation_from_row(&row)?;
             sqlx::query(
-                "UPDATE stock SET available = available + $2, reserved = reserved - $2, \
+                "UPDATE reservations SET state = 'released', updated_at = now() WHERE order_id = $1",
+            )
+            .bind(order_id)
+            .execute(&mut *tx)
+            .await?;
+            // Committed units already left `reserved` when they were committed.
+            let still_held = if reservation.state == ReservationState::Reserved {
+                reservation.quantity
+            } else {
+                0
+            };
+            sqlx::query(
+                "UPDATE stock SET available = available + $2, reserved = reserved - $3, \
                  updated_at = now() WHERE product_id = $1",
             )
             .bind(reservation.product_id)
             .bind(reservation.quantity)
+            .bind(still_held)
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;
             Ok(ReleaseOutcome {
-                reservation: Some(reservation),
+                reservation: Some(Reservation {
+                    state: ReservationState::Released,
+                    ..reservation
+                }),
                 released_now: true,
             })
         }
@@ -182,6 +265,8 @@ impl InventoryRepository {
         .await
     }
 
+    /// Makes a reservation final: its units leave `reserved` (they are
+    /// sold; `available` was already lowered by the reserve). Idempotent.
     pub async fn commit(&self, order_id: Uuid) -> Result<Reservation, InventoryError> {
         async {
             let mut tx = self.pool.begin().await?;
@@ -198,13 +283,14 @@ impl InventoryRepository {
                 tx.commit().await?;
                 return match existing {
                     None => Err(InventoryError::UnknownReservation(order_id)),
-                    Some(r) if r.state == ReservationState::Released => {
+                    Some(Stored::Tombstone) => Err(InventoryError::AlreadyReleased(order_id)),
+                    Some(Stored::Holding(r)) if r.state == ReservationState::Released => {
                         Err(InventoryError::AlreadyReleased(order_id))
                     }
-                    Some(r) => Ok(r),
+                    Some(Stored::Holding(r)) => Ok(r),
                 };
             };
-            let reservation = reservation_from_row(&row)?;
+            let reservation = holding_from_row(&row)?;
             sqlx::query(
                 "UPDATE stock SET reserved = reserved - $2, updated_at = now() \
                  WHERE product_id = $1",
@@ -299,14 +385,14 @@ impl InventoryRepository {
     async fn reservation_in(
         tx: &mut Transaction<'_, Postgres>,
         order_id: Uuid,
-    ) -> Result<Option<Reservation>, InventoryError> {
+    ) -> Result<Option<Stored>, InventoryError> {
         let row = sqlx::query(
             "SELECT order_id, product_id, quantity, state FROM reservations WHERE order_id = $1",
         )
         .bind(order_id)
         .fetch_optional(&mut **tx)
         .await?;
-        row.as_ref().map(reservation_from_row).transpose()
+        row.as_ref().map(stored_from_row).transpose()
     }
 
     async fn stock_in(

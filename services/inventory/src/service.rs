@@ -43,6 +43,9 @@ impl InventoryService {
             Err(InventoryError::InsufficientStock { available, .. }) => {
                 tracing::info!(%order_id, %product_id, quantity, available, "insufficient stock");
             }
+            Err(InventoryError::ReservationReleased(_)) => {
+                tracing::warn!(%order_id, %product_id, "reserve after the order's release refused; nothing taken");
+            }
             Err(_) => {}
         }
         outcome

@@ -96,7 +96,7 @@ pub async fn snapshot(
     pool: &sqlx::PgPool,
 ) -> (
     Vec<(uuid::Uuid, i64, i64)>,
-    Vec<(uuid::Uuid, uuid::Uuid, i64, String)>,
+    Vec<(uuid::Uuid, Option<uuid::Uuid>, i64, String)>,
 ) {
     let stock =
         sqlx::query_as("SELECT product_id, available, reserved FROM stock ORDER BY product_id")
