@@ -41,7 +41,7 @@ stack_start product "HTTP_ADDR=127.0.0.1:$((base + 82))" "GRPC_ADDR=127.0.0.1:$(
   "INVENTORY_GRPC_URL=http://127.0.0.1:$((base + 53))"
 stack_start user "HTTP_ADDR=127.0.0.1:$((base + 81))" \
   "STOCKMESH_ADMIN_EMAIL=$admin_email" "STOCKMESH_ADMIN_PASSWORD=$admin_password" \
-  "LOGIN_RATE_PER_CLIENT=100000" "LOGIN_RATE_PER_ACCOUNT=100000"
+  "LOGIN_RATE_PER_CLIENT=100000" "REGISTER_RATE_PER_CLIENT=100000"
 # A queue of its own (never the real one: no events are taken from a system
 # sharing the broker), bound to a key nothing publishes, and the same name
 # every run so durable queues do not pile up on the broker.

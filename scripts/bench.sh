@@ -103,7 +103,7 @@ start_and_wait product "http://127.0.0.1:$((base + 82))/readyz" "HTTP_ADDR=127.0
   "INVENTORY_GRPC_URL=http://127.0.0.1:$((base + 53))" "RUST_LOG=warn"
 start_and_wait user "http://127.0.0.1:$((base + 81))/readyz" "HTTP_ADDR=127.0.0.1:$((base + 81))" \
   "STOCKMESH_ADMIN_EMAIL=$admin_email" "STOCKMESH_ADMIN_PASSWORD=$admin_password" "RUST_LOG=warn" \
-  "LOGIN_RATE_PER_CLIENT=1000000" "LOGIN_RATE_PER_ACCOUNT=1000000"
+  "LOGIN_RATE_PER_CLIENT=1000000" "REGISTER_RATE_PER_CLIENT=1000000"
 start_and_wait order "http://127.0.0.1:$((base + 84))/readyz" "HTTP_ADDR=127.0.0.1:$((base + 84))" \
   "PRODUCT_GRPC_URL=http://127.0.0.1:$((base + 52))" "INVENTORY_GRPC_URL=http://127.0.0.1:$((base + 53))" "RUST_LOG=warn"
 start_and_wait notification "http://127.0.0.1:$((base + 85))/readyz" "HTTP_ADDR=127.0.0.1:$((base + 85))" \

@@ -94,7 +94,7 @@ stack_start product "HTTP_ADDR=$product_http" "GRPC_ADDR=$product_grpc" \
   "INVENTORY_GRPC_URL=http://$inventory_grpc"
 stack_start user "HTTP_ADDR=$user_http" \
   "STOCKMESH_ADMIN_EMAIL=$STOCKMESH_ADMIN_EMAIL" "STOCKMESH_ADMIN_PASSWORD=$STOCKMESH_ADMIN_PASSWORD" \
-  "TRUST_FORWARDED_FOR=true"
+  "TRUSTED_PROXIES=127.0.0.1/32"
 stack_start order "HTTP_ADDR=$order_http" \
   "PRODUCT_GRPC_URL=http://$product_grpc" "INVENTORY_GRPC_URL=http://$inventory_grpc"
 stack_start notification "HTTP_ADDR=$notification_http"

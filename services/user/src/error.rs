@@ -21,6 +21,12 @@ pub enum UserError {
     LastAdmin,
     #[error("too many login attempts, retry later")]
     RateLimited(Duration),
+    #[error("too many registrations from this address, retry later")]
+    TooManyRegistrations(Duration),
+    /// Every password-hashing slot is taken and the queue is full or the
+    /// wait ran out: the client should come back, the server is fine.
+    #[error("too many password checks in progress, retry later")]
+    Busy(Duration),
     #[error("database unavailable")]
     Unavailable(#[source] sqlx::Error),
     #[error("database error")]
@@ -53,8 +59,11 @@ impl From<UserError> for ApiError {
             RoleChangeForbidden => ApiError::new(ErrorKind::Forbidden, err.to_string()),
             LastAdmin => ApiError::new(ErrorKind::FailedPrecondition, err.to_string())
                 .with_code("last_admin"),
-            RateLimited(after) => {
+            RateLimited(after) | TooManyRegistrations(after) => {
                 ApiError::new(ErrorKind::RateLimited, err.to_string()).with_retry_after(*after)
+            }
+            Busy(after) => {
+                ApiError::new(ErrorKind::Overloaded, err.to_string()).with_retry_after(*after)
             }
             Unavailable(source) => {
                 tracing::warn!(error = %stockmesh_platform::error::ErrorChain(source), "database unavailable");

@@ -16,6 +16,8 @@ use stockmesh_platform::extract::{ApiJson, ApiPath, ApiQuery, Paging};
 use utoipa::OpenApi;
 use uuid::Uuid;
 
+use crate::client_ip::TrustedProxies;
+use crate::device::{self, DEVICE_COOKIE, DEVICE_COOKIE_PATH};
 use crate::domain::UserView;
 use crate::service::{UserService, UserUpdate};
 
@@ -24,7 +26,8 @@ pub struct AppState {
     pub service: UserService,
     pub verifier: Verifier,
     pub cookie_secure: bool,
-    pub trust_forwarded_for: bool,
+    /// Whose `X-Forwarded-For` entries name the client.
+    pub trusted_proxies: TrustedProxies,
 }
 
 impl FromRef<AppState> for Verifier {
@@ -109,29 +112,21 @@ pub fn router(state: AppState) -> Router {
         (status = 409, description = "Email already registered", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 422, description = "Invalid email, password or name", body = ErrorBody),
-        (status = 503, description = "Temporarily unavailable", body = ErrorBody),
+        (status = 429, description = "Too many registrations from this client; see Retry-After", body = ErrorBody),
+        (status = 503, description = "Temporarily unavailable or too many password hashes in progress; see Retry-After", body = ErrorBody),
     ))]
 async fn register(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     ApiJson(body): ApiJson<RegisterRequest>,
 ) -> Result<Response, ApiError> {
+    let client = state.trusted_proxies.client(peer.ip(), &headers);
     let user = state
         .service
-        .register(&body.email, &body.password, &body.name)
+        .register(&body.email, &body.password, &body.name, client)
         .await?;
     Ok((StatusCode::CREATED, Json(UserView::from(user))).into_response())
-}
-
-fn client_key(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> String {
-    if state.trust_forwarded_for
-        && let Some(first) = headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(',').next())
-    {
-        return first.trim().to_owned();
-    }
-    peer.ip().to_string()
 }
 
 fn session_cookie(value: &str, max_age: u64, secure: bool) -> Option<HeaderValue> {
@@ -142,15 +137,25 @@ fn session_cookie(value: &str, max_age: u64, secure: bool) -> Option<HeaderValue
     .ok()
 }
 
+/// The device cookie: sent back to the login route only, never readable by
+/// scripts, never sent cross-site.
+fn device_cookie(value: &str, max_age: u64, secure: bool) -> Option<HeaderValue> {
+    let secure = if secure { "; Secure" } else { "" };
+    HeaderValue::from_str(&format!(
+        "{DEVICE_COOKIE}={value}; Path={DEVICE_COOKIE_PATH}; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}"
+    ))
+    .ok()
+}
+
 #[utoipa::path(post, path = "/api/users/login", tag = "users", request_body = LoginRequest,
     responses(
-        (status = 200, description = "Token issued (also set as an HttpOnly cookie)", body = LoginResponse),
+        (status = 200, description = "Token issued (also set as an HttpOnly cookie, with the device cookie that exempts this browser from the account's guessing backoff)", body = LoginResponse),
         (status = 400, description = "Malformed request", body = ErrorBody),
         (status = 401, description = "Invalid email or password (same answer for both)", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 422, description = "Wrong body shape", body = ErrorBody),
-        (status = 429, description = "Too many attempts; see Retry-After", body = ErrorBody),
-        (status = 503, description = "Temporarily unavailable", body = ErrorBody),
+        (status = 429, description = "Too many attempts from this client, or on this account from browsers that never logged into it; see Retry-After", body = ErrorBody),
+        (status = 503, description = "Temporarily unavailable or too many password checks in progress; see Retry-After", body = ErrorBody),
     ))]
 async fn login(
     State(state): State<AppState>,
@@ -158,10 +163,15 @@ async fn login(
     headers: HeaderMap,
     ApiJson(body): ApiJson<LoginRequest>,
 ) -> Result<Response, ApiError> {
-    let client = client_key(&state, peer, &headers);
+    let client = state.trusted_proxies.client(peer.ip(), &headers);
     let session = state
         .service
-        .login(&body.email, &body.password, &client)
+        .login(
+            &body.email,
+            &body.password,
+            client,
+            device::cookie_from(&headers),
+        )
         .await?;
     let mut response = Json(LoginResponse {
         token: session.token.clone(),
@@ -169,12 +179,20 @@ async fn login(
         user: session.user.into(),
     })
     .into_response();
-    if let Some(cookie) = session_cookie(
-        &session.token,
-        state.service.token_ttl().as_secs(),
-        state.cookie_secure,
-    ) {
-        response.headers_mut().insert(header::SET_COOKIE, cookie);
+    let cookies = [
+        session_cookie(
+            &session.token,
+            state.service.token_ttl().as_secs(),
+            state.cookie_secure,
+        ),
+        device_cookie(
+            &session.device_token,
+            state.service.device_ttl().as_secs(),
+            state.cookie_secure,
+        ),
+    ];
+    for cookie in cookies.into_iter().flatten() {
+        response.headers_mut().append(header::SET_COOKIE, cookie);
     }
     Ok(response)
 }

@@ -3,7 +3,10 @@
 //! `http` translates, `service` decides, `repository` stores; `startup`
 //! assembles them with the shared platform.
 
+pub mod backoff;
+pub mod client_ip;
 pub mod config;
+pub mod device;
 pub mod domain;
 pub mod error;
 pub mod http;

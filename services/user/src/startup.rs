@@ -12,7 +12,9 @@ use stockmesh_platform::{Shutdown, db};
 use tokio::net::TcpListener;
 
 use crate::config::UserConfig;
+use crate::device::Devices;
 use crate::http::{AppState, router};
+use crate::password::Passwords;
 use crate::repository::UserRepository;
 use crate::service::UserService;
 use crate::tokens::Issuer;
@@ -30,6 +32,12 @@ pub struct Application {
 
 impl Application {
     pub async fn build(config: UserConfig) -> anyhow::Result<Self> {
+        tracing::info!(
+            hash_concurrency = config.hash_limits.concurrency,
+            hash_queue_max = config.hash_limits.queue_max,
+            trusted_proxies = %config.trusted_proxies,
+            "abuse limits"
+        );
         let pool = db::pool(&config.database)?;
         db::migrate(&pool, &MIGRATOR, 30).await?;
         let metrics = Metrics::new(config.common.service_name);
@@ -41,9 +49,17 @@ impl Application {
             config.token_ttl,
         )?;
         let verifier = Verifier::new(&config.auth)?;
+        let devices = Devices::new(
+            &config.signing_key_pem,
+            &config.auth.public_key_pem,
+            &config.auth.issuer,
+            config.login_limits.device_ttl,
+        )?;
         let service = UserService::new(
             UserRepository::new(pool.clone()),
             issuer,
+            devices,
+            Passwords::new(config.hash_limits),
             config.login_limits,
         )
         .await
@@ -80,13 +96,13 @@ impl Application {
             service,
             verifier,
         } = self;
-        let readiness =
-            Readiness::new(shutdown.clone()).with_check("database", db::readiness_check(&pool));
+        let readiness = Readiness::new(shutdown.clone())
+            .with_dependency("database", db::readiness_check(&pool));
         let state = AppState {
             service,
             verifier,
             cookie_secure: config.cookie_secure,
-            trust_forwarded_for: config.trust_forwarded_for,
+            trusted_proxies: config.trusted_proxies.clone(),
         };
         let app = http::router(
             router(state),

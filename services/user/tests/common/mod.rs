@@ -41,7 +41,8 @@ pub fn config(
         ("STOCKMESH_ADMIN_EMAIL", ADMIN_EMAIL),
         ("STOCKMESH_ADMIN_PASSWORD", ADMIN_PASSWORD),
         ("LOGIN_RATE_PER_CLIENT", "1000"),
-        ("LOGIN_RATE_PER_ACCOUNT", "1000"),
+        ("REGISTER_RATE_PER_CLIENT", "1000"),
+        ("LOGIN_BACKOFF_AFTER_FAILURES", "1000"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
