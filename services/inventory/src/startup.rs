@@ -73,8 +73,8 @@ impl Application {
             grpc_listener,
             metrics,
         } = self;
-        let readiness =
-            Readiness::new(shutdown.clone()).with_check("database", db::readiness_check(&pool));
+        let readiness = Readiness::new(shutdown.clone())
+            .with_dependency("database", db::readiness_check(&pool));
 
         let service = InventoryService::new(InventoryRepository::new(pool.clone()));
         let routes =

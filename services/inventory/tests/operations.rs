@@ -85,8 +85,12 @@ async fn grpc_health_and_reflection_answer() {
     app.stop().await;
 }
 
+/// The database is a dependency every replica shares: while it is down the
+/// process stays ready (gRPC SERVING, `/readyz` 200, so it stays in the load
+/// balancer) and answers UNAVAILABLE with `retry-after`; `/readyz` reports the
+/// database as failing, quickly, and `stockmesh_dependency_up` says so.
 #[tokio::test]
-async fn readiness_follows_the_database() {
+async fn a_database_outage_is_reported_but_keeps_the_process_ready() {
     let db = TestDatabase::create().await;
     let (_, port) = host_port(&db.url).expect("database url has a port");
     let proxy = TcpProxy::start(([127, 0, 0, 1], port).into()).await;
@@ -94,60 +98,74 @@ async fn readiness_follows_the_database() {
     let app = TestApp::spawn_with(db, &proxied_url, &[]).await;
     let http = reqwest::Client::new();
     let readyz = app.http("/readyz");
-    let status = |http: reqwest::Client, url: String| async move {
-        http.get(url)
-            .send()
-            .await
-            .map(|r| r.status().as_u16())
-            .unwrap_or(0)
+    let report = |http: reqwest::Client, url: String| async move {
+        let response = http.get(url).send().await.expect("/readyz answers");
+        let status = response.status().as_u16();
+        let body: serde_json::Value = response.json().await.expect("a JSON report");
+        (status, body)
     };
-    assert_eq!(status(http.clone(), readyz.clone()).await, 200);
-    assert_eq!(status(http.clone(), app.http("/healthz")).await, 200);
+    let (status, body) = report(http.clone(), readyz.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["checks"][0]["name"], "database");
+    assert_eq!(body["checks"][0]["ok"], true);
+    assert_eq!(body["checks"][0]["required"], false);
 
     proxy.cut();
-    wait_for("/readyz to answer 503", || {
-        status(http.clone(), readyz.clone()).map_eq(503)
+    wait_for("/readyz to report the database down", || {
+        let (http, readyz) = (http.clone(), readyz.clone());
+        async move {
+            let start = std::time::Instant::now();
+            let (status, body) = report(http, readyz).await;
+            assert!(
+                start.elapsed() < Duration::from_secs(1),
+                "/readyz answers within a probe's timeout"
+            );
+            assert_eq!(status, 200, "still ready: {body}");
+            body["checks"][0]["ok"] == false
+        }
     })
     .await;
-    let body: serde_json::Value = http
-        .get(&readyz)
+    // Liveness does not depend on the database: no restart loop for an outage.
+    assert_eq!(
+        http.get(app.http("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let channel = channel(app.grpc_addr).await;
+    assert_eq!(health(channel.clone(), "").await, ServingStatus::Serving);
+    let metrics = http
+        .get(app.http("/metrics"))
         .send()
         .await
         .unwrap()
-        .json()
+        .text()
         .await
         .unwrap();
-    assert_eq!(body["ready"], false);
-    assert_eq!(body["checks"][0]["name"], "database");
-    // Liveness does not depend on the database: no restart loop for an outage.
-    assert_eq!(status(http.clone(), app.http("/healthz")).await, 200);
-    let channel = channel(app.grpc_addr).await;
-    wait_for("gRPC NOT_SERVING", || {
-        let channel = channel.clone();
-        async move { health(channel, "").await == ServingStatus::NotServing }
-    })
-    .await;
-    // A call during the outage is UNAVAILABLE, not INTERNAL.
-    let status_code = connect(app.grpc_addr)
+    assert!(
+        metrics.contains(r#"stockmesh_dependency_up{service="inventory",dependency="database"} 0"#),
+        "{metrics}"
+    );
+    // A call during the outage is UNAVAILABLE with retry-after, not INTERNAL.
+    let refused = connect(app.grpc_addr)
         .await
         .get_stock(pb::GetStockRequest {
             product_id: Uuid::now_v7().to_string(),
         })
         .await
-        .unwrap_err()
-        .code();
-    assert_eq!(status_code, tonic::Code::Unavailable);
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable);
+    assert!(refused.metadata().get("retry-after").is_some());
 
     proxy.restore();
-    wait_for("/readyz to answer 200", || {
-        status(http.clone(), readyz.clone()).map_eq(200)
+    wait_for("/readyz to report the database up", || {
+        let (http, readyz) = (http.clone(), readyz.clone());
+        async move { report(http, readyz).await.1["checks"][0]["ok"] == true }
     })
     .await;
-    wait_for("gRPC SERVING", || {
-        let channel = channel.clone();
-        async move { health(channel, "").await == ServingStatus::Serving }
-    })
-    .await;
+    assert_eq!(health(channel, "").await, ServingStatus::Serving);
     app.stop().await;
 }
 
@@ -177,15 +195,6 @@ async fn metrics_count_calls_per_method_and_code() {
         "{text}"
     );
     app.stop().await;
-}
-
-trait MapEq {
-    fn map_eq(self, expected: u16) -> impl std::future::Future<Output = bool>;
-}
-impl<F: std::future::Future<Output = u16>> MapEq for F {
-    async fn map_eq(self, expected: u16) -> bool {
-        self.await == expected
-    }
 }
 
 /// SIGTERM while calls are in flight: they all complete, then the process

@@ -77,7 +77,7 @@ impl Application {
         let status = ConsumerStatus::default();
         let check_status = status.clone();
         let readiness = Readiness::new(shutdown.clone())
-            .with_check("database", db::readiness_check(&pool))
+            .with_dependency("database", db::readiness_check(&pool))
             .with_check("broker", move || check_status.clone().check());
         let consumer = Consumer::new(
             config.consumer.clone(),

@@ -92,11 +92,13 @@ impl Application {
             relay_wake,
             ..
         } = self;
-        // Ready = the database answers. The broker is not a readiness
-        // condition: orders keep being accepted while it is down (the
+        // Ready = this process serves (README, Operations). The database is
+        // reported, not required: every replica shares it, and while it is
+        // down a live replica answers 503 + Retry-After. The broker is not a
+        // condition either: orders keep being accepted while it is down (the
         // outbox holds their events).
-        let readiness =
-            Readiness::new(shutdown.clone()).with_check("database", db::readiness_check(&pool));
+        let readiness = Readiness::new(shutdown.clone())
+            .with_dependency("database", db::readiness_check(&pool));
         let relay_metrics = RelayMetrics::register(&metrics, &pool);
         shutdown.spawn(outbox::run(
             pool.clone(),

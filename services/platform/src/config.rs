@@ -192,6 +192,9 @@ pub struct OtelConfig {
     pub resource_attributes: Vec<(String, String)>,
 }
 
+/// Default drain window of phase 1 of shutdown (`SHUTDOWN_DRAIN_MS`).
+pub const DEFAULT_SHUTDOWN_DRAIN: Duration = Duration::from_secs(1);
+
 /// Settings every service shares.
 #[derive(Debug, Clone)]
 pub struct CommonConfig {
@@ -202,7 +205,12 @@ pub struct CommonConfig {
     pub log_format: LogFormat,
     /// `RUST_LOG`-style filter.
     pub log_filter: String,
-    /// Upper bound for draining in-flight work after SIGTERM.
+    /// Phase 1 of shutdown: after SIGTERM (or the preStop hook's `GET
+    /// /drain`) the process reports not-ready but keeps serving this long,
+    /// so load balancers stop routing to it before its listener closes.
+    pub shutdown_drain: Duration,
+    /// Phase 3 of shutdown: upper bound for finishing in-flight work once
+    /// the listeners are closed.
     pub shutdown_grace: Duration,
     /// Server-side timeout for one request.
     pub request_timeout: Duration,
@@ -222,6 +230,11 @@ impl CommonConfig {
             "RUST_LOG",
             "info,sqlx=warn,tower_http=info,h2=warn,hyper=warn,tonic=info".to_owned(),
         );
+        // 1 s: enough for a balancer that polls readiness a few times a
+        // second (local stacks, tests) while a SIGTERM'd process outside
+        // Kubernetes still stops quickly; the chart and the operator set the
+        // window Kubernetes needs (endpoint propagation) explicitly.
+        let shutdown_drain = env.millis("SHUTDOWN_DRAIN_MS", DEFAULT_SHUTDOWN_DRAIN);
         let shutdown_grace = env.millis("SHUTDOWN_GRACE_MS", Duration::from_secs(20));
         let request_timeout = env.millis("REQUEST_TIMEOUT_MS", Duration::from_secs(10));
         let max_concurrent_requests = env.with_default("MAX_CONCURRENT_REQUESTS", 512usize);
@@ -235,6 +248,7 @@ impl CommonConfig {
             http_addr,
             log_format,
             log_filter,
+            shutdown_drain,
             shutdown_grace,
             request_timeout,
             max_concurrent_requests: max_concurrent_requests.max(1),
@@ -387,6 +401,7 @@ mod tests {
         assert_eq!(cfg.http_addr, "0.0.0.0:9000".parse().unwrap());
         assert_eq!(cfg.request_timeout, Duration::from_millis(250));
         assert_eq!(cfg.shutdown_grace, Duration::from_secs(20));
+        assert_eq!(cfg.shutdown_drain, Duration::from_secs(1));
         assert_eq!(cfg.otel.sample_ratio, 0.25);
         assert_eq!(cfg.otel.endpoint, None);
         assert_eq!(

@@ -18,7 +18,7 @@ use tonic_health::server::HealthReporter;
 use crate::health::Readiness;
 use crate::layers::{GrpcServerLayer, LoadShedLayer};
 use crate::metrics::Metrics;
-use crate::shutdown::Shutdown;
+use crate::shutdown::{Phase, Shutdown};
 
 /// How often readiness is re-evaluated for the gRPC health service.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
@@ -65,6 +65,8 @@ pub async fn serve(
         readiness,
         shutdown.clone(),
     ));
+    // Phase 2 (after the drain window): the listener closes, every
+    // connection gets GOAWAY, in-flight calls finish.
 
     let routes = routes.add_service(health_service).add_service(reflection);
     tracing::info!(%addr, "gRPC server listening");
@@ -87,16 +89,24 @@ pub async fn serve(
     Ok(())
 }
 
-/// Mirrors readiness into `grpc.health.v1` for "" and each named service.
+/// Mirrors readiness into `grpc.health.v1` for "" and each named service:
+/// re-evaluated every [`HEALTH_INTERVAL`], and at once when the shutdown
+/// phase changes (NOT_SERVING from the first instant of the drain).
 async fn follow_readiness(
     reporter: HealthReporter,
     names: Vec<&'static str>,
     readiness: Readiness,
     shutdown: Shutdown,
 ) {
+    let mut phase = shutdown.watch();
     let mut last = Some(ServingStatus::NotServing);
     loop {
-        let status = if readiness.evaluate().await.ready {
+        // A drain that begins while a check is still running wins at once.
+        let ready = tokio::select! {
+            report = readiness.evaluate() => report.ready,
+            _ = phase.wait_for(|p| *p != Phase::Serving) => false,
+        };
+        let status = if ready {
             ServingStatus::Serving
         } else {
             ServingStatus::NotServing
@@ -110,11 +120,10 @@ async fn follow_readiness(
         }
         tokio::select! {
             _ = tokio::time::sleep(HEALTH_INTERVAL) => {}
-            _ = shutdown.cancelled() => {
-                for name in std::iter::once("").chain(names.iter().copied()) {
-                    reporter.set_service_status(name, ServingStatus::NotServing).await;
+            changed = phase.changed() => {
+                if changed.is_err() {
+                    return;
                 }
-                return;
             }
         }
     }

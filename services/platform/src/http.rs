@@ -5,6 +5,12 @@
 //! span (child of an incoming `traceparent`) with per-route metrics, load
 //! shedding, request timeout, body limit. Unknown routes and methods answer
 //! with the standard JSON error document.
+//!
+//! Shutdown (see [`crate::shutdown`]): `GET /drain` is the preStop hook — it
+//! begins phase 1 and returns when the drain window is over. While draining,
+//! every HTTP/1 response carries `Connection: close`, so clients' keep-alive
+//! connections move to other replicas before the listener closes; in phase 2
+//! the listener closes and in-flight requests finish.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -77,15 +83,64 @@ pub fn router(api: Router, readiness: Readiness, metrics: Metrics, limits: HttpL
                 .layer(middleware::from_fn_with_state(edge, edge_guard))
                 .layer(DefaultBodyLimit::max(limits.max_body_bytes)),
         );
+    readiness.register_metrics(&metrics);
+    let shutdown = readiness.shutdown().clone();
     let ops = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/drain", get(drain))
         .route("/metrics", get(render_metrics))
         .with_state(OpsState { readiness, metrics });
-    api.merge(ops)
+    api.merge(ops).layer(middleware::from_fn_with_state(
+        shutdown,
+        close_while_draining,
+    ))
 }
 
-/// Serves `router` until shutdown, then drains in-flight requests.
+/// While draining, asks HTTP/1 clients to close the connection after this
+/// response: their next request opens a new connection, which the load
+/// balancer (no longer counting this process) sends to another replica. A
+/// keep-alive connection kept until the listener closes would instead race
+/// its next request against the close.
+async fn close_while_draining(
+    State(shutdown): State<Shutdown>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let http1 = request.version() <= axum::http::Version::HTTP_11;
+    let mut response = next.run(request).await;
+    if http1 && shutdown.is_draining() {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+/// The preStop hook (`lifecycle.preStop.httpGet`): readiness turns false at
+/// once; the answer comes when the drain window is over, and kubelet sends
+/// SIGTERM only then. An HTTP hook because the images have no shell (no
+/// `exec sleep`) and Kubernetes before 1.29 has no `sleep` hook.
+async fn drain(State(state): State<OpsState>) -> Response {
+    let shutdown = state.readiness.shutdown();
+    let start = Instant::now();
+    tracing::info!(
+        drain_ms = shutdown.drain_window().as_millis() as u64,
+        "drain requested (preStop): not ready, serving until the window ends"
+    );
+    shutdown.drain_for_hook().await;
+    (
+        StatusCode::OK,
+        axum::Json(serde_json::json!({
+            "status": "drained",
+            "waited_ms": start.elapsed().as_millis() as u64,
+        })),
+    )
+        .into_response()
+}
+
+/// Serves `router` until phase 2 of shutdown (the drain window is served
+/// normally), then closes the listener and finishes in-flight requests.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
@@ -239,4 +294,163 @@ async fn edge_guard(
         &span,
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shutdown::Signal;
+    use axum::body::Body;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tower::ServiceExt;
+
+    const DRAIN: Duration = Duration::from_secs(5);
+
+    fn app(shutdown: &Shutdown) -> Router {
+        let api = Router::new()
+            .route("/api/ping", get(|| async { "pong" }))
+            .route(
+                "/api/slow",
+                get(|| async {
+                    tokio::time::sleep(Duration::from_millis(1500)).await;
+                    "done"
+                }),
+            );
+        router(
+            api,
+            Readiness::new(shutdown.clone()),
+            Metrics::new("test"),
+            HttpLimits {
+                request_timeout: Duration::from_secs(10),
+                max_concurrent_requests: 8,
+                max_body_bytes: 1024,
+            },
+        )
+    }
+
+    async fn call(app: &Router, path: &str) -> Response {
+        let request = axum::http::Request::get(path)
+            .body(Body::empty())
+            .expect("a valid request");
+        match app.clone().oneshot(request).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn draining_is_not_ready_yet_serves_and_closes_keep_alive_connections() {
+        let shutdown = Shutdown::new().with_drain(DRAIN);
+        let app = app(&shutdown);
+        assert_eq!(call(&app, "/readyz").await.status(), StatusCode::OK);
+        let before = call(&app, "/api/ping").await;
+        assert_eq!(before.status(), StatusCode::OK);
+        assert!(before.headers().get(header::CONNECTION).is_none());
+
+        shutdown.begin_drain();
+        assert_eq!(
+            call(&app, "/readyz").await.status(),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready from the first instant of the drain"
+        );
+        let during = call(&app, "/api/ping").await;
+        assert_eq!(during.status(), StatusCode::OK, "still serving");
+        assert_eq!(during.headers()[header::CONNECTION], "close");
+        assert_eq!(call(&app, "/healthz").await.status(), StatusCode::OK);
+        assert!(!shutdown.is_triggered());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_drain_endpoint_answers_when_the_window_is_over() {
+        let shutdown = Shutdown::new().with_drain(DRAIN);
+        let app = app(&shutdown);
+        let start = tokio::time::Instant::now();
+        let hook = tokio::spawn({
+            let app = app.clone();
+            async move { call(&app, "/drain").await.status() }
+        });
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            call(&app, "/readyz").await.status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(hook.await.ok(), Some(StatusCode::OK));
+        assert_eq!(start.elapsed(), DRAIN);
+        assert!(!shutdown.is_triggered(), "SIGTERM, not the hook, stops");
+    }
+
+    /// `GET path` on a fresh connection: the status code, or the connect error.
+    async fn raw_get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        stream
+            .write_all(format!("GET {path} HTTP/1.1\r\nhost: test\r\n\r\n").as_bytes())
+            .await?;
+        let mut bytes = Vec::new();
+        // Read the head; the body of these routes is short.
+        let mut buf = [0u8; 1024];
+        loop {
+            let n = stream.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            bytes.extend_from_slice(&buf[..n]);
+            if bytes.windows(4).any(|w| w == b"\r\n\r\n") {
+                break;
+            }
+        }
+        let text = String::from_utf8_lossy(&bytes).to_ascii_lowercase();
+        let code = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        Ok((code, text))
+    }
+
+    /// Real sockets (so real time): during the drain a new connection is
+    /// accepted and served; after it the port refuses, while a request
+    /// begun during the drain still completes within the grace period.
+    #[tokio::test]
+    async fn the_listener_closes_only_after_the_drain_and_in_flight_requests_finish() {
+        let drain = Duration::from_millis(800);
+        let shutdown = Shutdown::new().with_drain(drain);
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        shutdown.spawn(serve(listener, app(&shutdown), shutdown.clone()));
+        let (signals, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn({
+            let s = shutdown.clone();
+            async move { s.follow_signals(rx).await }
+        });
+        assert_eq!(raw_get(addr, "/readyz").await.ok().map(|r| r.0), Some(200));
+
+        signals.send(Signal::Terminate).expect("signal sent");
+        let (code, head) = raw_get(addr, "/readyz")
+            .await
+            .expect("accepting while draining");
+        assert_eq!(code, 503);
+        assert!(head.contains("connection: close"), "{head}");
+        let (code, _) = raw_get(addr, "/api/ping")
+            .await
+            .expect("accepting while draining");
+        assert_eq!(code, 200);
+        // Begun inside the window, finishes after it.
+        let slow = tokio::spawn(async move { raw_get(addr, "/api/slow").await });
+
+        shutdown.cancelled().await;
+        let refused = tokio::net::TcpStream::connect(addr).await;
+        assert_eq!(
+            refused.err().map(|e| e.kind()),
+            Some(std::io::ErrorKind::ConnectionRefused),
+            "the listener is closed in phase 2"
+        );
+        let (code, _) = slow
+            .await
+            .expect("request task")
+            .expect("the in-flight request was answered");
+        assert_eq!(code, 200);
+        assert!(shutdown.drained(Duration::from_secs(5)).await);
+    }
 }

@@ -109,7 +109,7 @@ where
             return ExitCode::from(CONFIG_ERROR);
         }
     };
-    let shutdown = Shutdown::new();
+    let shutdown = Shutdown::new().with_drain(common(&config).shutdown_drain);
     shutdown.listen_for_signals();
     let code = match serve(config, shutdown).await {
         Ok(()) => {

@@ -82,10 +82,12 @@ impl Application {
             service,
             verifier,
         } = self;
-        // Readiness is the database only: the catalog keeps serving (with
-        // unknown stock) while inventory is down.
-        let readiness =
-            Readiness::new(shutdown.clone()).with_check("database", db::readiness_check(&pool));
+        // Ready = this process serves (README, Operations). The database is
+        // reported, not required: every replica shares it, and while it is
+        // down a live replica answers 503 + Retry-After. Inventory is no
+        // condition: the catalog keeps serving (with unknown stock) without it.
+        let readiness = Readiness::new(shutdown.clone())
+            .with_dependency("database", db::readiness_check(&pool));
 
         let routes = tonic::service::Routes::new(ProductServiceServer::new(ProductGrpc::new(
             service.clone(),
