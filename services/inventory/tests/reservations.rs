@@ -43,7 +43,23 @@ async fn concurrent_reserves_never_oversell_and_replays_change_nothing() {
             join_all(orders.into_iter().map(|order| {
                 let mut client = client.clone();
                 let request = reserve(&order, &product, 1);
-                async move { (order, client.reserve(request).await) }
+                async move {
+                    // 250 at once may exhaust the pool on a loaded machine:
+                    // UNAVAILABLE is "retry later", and a Reserve is
+                    // idempotent per order id, so retry as the order
+                    // service's client does.
+                    let mut attempts = 0;
+                    loop {
+                        let result = client.reserve(request.clone()).await;
+                        match &result {
+                            Err(status) if status.code() == Code::Unavailable && attempts < 30 => {
+                                attempts += 1;
+                                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                            }
+                            _ => break (order, result),
+                        }
+                    }
+                }
             }))
             .await
         }
