@@ -5,9 +5,15 @@
 //! penalty grows (doubling up to `max_open`) each time a probe fails, with
 //! jitter so replicas do not probe in lockstep. Half-open: exactly one probe
 //! is let through; success closes the breaker, failure opens it again.
+//! The probe's outcome is recorded even when its caller goes away: an
+//! [`Admission`] dropped before its outcome was recorded (client gone, edge
+//! timeout, shutdown) counts as a failed probe, and a probe that has neither
+//! answered nor been dropped after the probe timeout is presumed failed too,
+//! so the breaker can never stay half-open (refusing every call) for good.
 //! Only failures that say "the upstream is unwell" count: timeouts,
 //! UNAVAILABLE, connection errors — never NOT_FOUND or FAILED_PRECONDITION.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -55,9 +61,20 @@ pub enum BreakerState {
 
 #[derive(Debug)]
 enum Inner {
-    Closed { failures: u32 },
-    Open { until: Instant, penalty: Duration },
-    HalfOpen { penalty: Duration },
+    Closed {
+        failures: u32,
+    },
+    Open {
+        until: Instant,
+        penalty: Duration,
+    },
+    /// `probe` identifies the one admitted probe, so that only its outcome
+    /// (not a late answer of an earlier, presumed-failed probe) decides.
+    HalfOpen {
+        penalty: Duration,
+        probe: u64,
+        expires: Instant,
+    },
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -108,10 +125,33 @@ pub struct Rejected {
 }
 
 /// Permission to make one call; report its outcome with [`Breaker::record`].
-#[must_use]
-#[derive(Debug)]
+///
+/// A guard: the half-open probe's admission, dropped without an outcome
+/// (its future was cancelled), records a failed probe, because nothing else
+/// would ever take the breaker out of half-open. An ordinary admission
+/// dropped that way records nothing: a call that never finished says
+/// nothing about the upstream's health.
+#[must_use = "report the call's outcome with Breaker::record"]
 pub struct Admission {
-    probe: bool,
+    /// The breaker and the probe's id while this is an unrecorded probe.
+    probe: Option<(Breaker, u64)>,
+}
+
+impl std::fmt::Debug for Admission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admission")
+            .field("probe", &self.probe.as_ref().map(|(_, id)| *id))
+            .finish()
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        if let Some((breaker, probe)) = self.probe.take() {
+            tracing::info!(upstream = %breaker.name, "circuit breaker probe abandoned; counted as failed");
+            breaker.settle_probe(probe, false);
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -120,6 +160,10 @@ pub struct Breaker {
     config: BreakerConfig,
     inner: Arc<Mutex<Inner>>,
     metrics: BreakerMetrics,
+    /// Source of probe ids.
+    probes: Arc<AtomicU64>,
+    /// How long a probe may stay unanswered before it is presumed failed.
+    probe_timeout: Duration,
 }
 
 impl Breaker {
@@ -135,7 +179,18 @@ impl Breaker {
             config,
             inner: Arc::new(Mutex::new(Inner::Closed { failures: 0 })),
             metrics,
+            probes: Arc::new(AtomicU64::new(0)),
+            // Without a known call deadline, the longest open period.
+            probe_timeout: config.max_open,
         }
+    }
+
+    /// Sets how long a probe may stay unanswered before it is presumed
+    /// failed: a safety net behind the drop guard, for a probe whose future
+    /// is neither finished nor dropped. Give it the longest a call can take.
+    pub fn with_probe_timeout(mut self, probe_timeout: Duration) -> Self {
+        self.probe_timeout = probe_timeout;
+        self
     }
 
     pub fn state(&self) -> BreakerState {
@@ -157,12 +212,35 @@ impl Breaker {
         let now = Instant::now();
         let mut inner = self.lock();
         match *inner {
-            Inner::Closed { .. } => Ok(Admission { probe: false }),
+            Inner::Closed { .. } => Ok(Admission { probe: None }),
             Inner::Open { until, penalty } if now >= until => {
-                *inner = Inner::HalfOpen { penalty };
+                let probe = self.probes.fetch_add(1, Ordering::Relaxed);
+                *inner = Inner::HalfOpen {
+                    penalty,
+                    probe,
+                    expires: now + self.probe_timeout,
+                };
                 drop(inner);
                 self.transition(BreakerState::HalfOpen);
-                Ok(Admission { probe: true })
+                Ok(Admission {
+                    probe: Some((self.clone(), probe)),
+                })
+            }
+            Inner::HalfOpen {
+                penalty, expires, ..
+            } if now >= expires => {
+                // The probe neither answered nor was dropped in time:
+                // presume it failed, as a failed probe would have.
+                let penalty = self.longer(penalty);
+                let until = now + jitter(penalty);
+                *inner = Inner::Open { until, penalty };
+                drop(inner);
+                tracing::warn!(upstream = %self.name, "circuit breaker probe timed out; counted as failed");
+                self.transition(BreakerState::Open);
+                self.rejected();
+                Err(Rejected {
+                    retry_after: until - now,
+                })
             }
             Inner::Open { until, .. } => {
                 drop(inner);
@@ -183,7 +261,55 @@ impl Breaker {
 
     /// Reports the outcome of an admitted call: `true` when the upstream
     /// behaved (any answer that is not a sign of ill health).
-    pub fn record(&self, admission: Admission, healthy: bool) {
+    pub fn record(&self, mut admission: Admission, healthy: bool) {
+        // Taken out of the guard: recorded here, not again on drop.
+        if let Some((_, probe)) = admission.probe.take() {
+            self.settle_probe(probe, healthy);
+            return;
+        }
+        self.record_ordinary(healthy);
+    }
+
+    /// The outcome of the probe `probe`: closes or re-opens the breaker if
+    /// that probe is still the one the breaker waits for; otherwise (it was
+    /// presumed failed meanwhile) it is a late answer like any other.
+    fn settle_probe(&self, probe: u64, healthy: bool) {
+        let mut inner = self.lock();
+        let next = match &*inner {
+            Inner::HalfOpen {
+                probe: current,
+                penalty,
+                ..
+            } if *current == probe => {
+                if healthy {
+                    Inner::Closed { failures: 0 }
+                } else {
+                    let penalty = self.longer(*penalty);
+                    Inner::Open {
+                        until: Instant::now() + jitter(penalty),
+                        penalty,
+                    }
+                }
+            }
+            _ => {
+                drop(inner);
+                self.record_ordinary(healthy);
+                return;
+            }
+        };
+        *inner = next;
+        let after = state_of(&inner);
+        drop(inner);
+        self.transition(after);
+    }
+
+    /// The next, longer open period after a failed probe.
+    fn longer(&self, penalty: Duration) -> Duration {
+        (penalty * 2).min(self.config.max_open)
+    }
+
+    /// The outcome of a call that was not the probe.
+    fn record_ordinary(&self, healthy: bool) {
         let mut inner = self.lock();
         let next = match (&*inner, healthy) {
             (Inner::Closed { .. }, true) => Some(Inner::Closed { failures: 0 }),
@@ -198,16 +324,6 @@ impl Breaker {
                 } else {
                     Some(Inner::Closed { failures })
                 }
-            }
-            (Inner::HalfOpen { .. }, true) if admission.probe => {
-                Some(Inner::Closed { failures: 0 })
-            }
-            (Inner::HalfOpen { penalty }, false) if admission.probe => {
-                let penalty = (*penalty * 2).min(self.config.max_open);
-                Some(Inner::Open {
-                    until: Instant::now() + jitter(penalty),
-                    penalty,
-                })
             }
             // Late answers of calls admitted before the state changed.
             _ => None,
@@ -358,6 +474,66 @@ mod tests {
         let probe = b.admit().unwrap();
         b.record(probe, true);
         assert_eq!(b.state(), BreakerState::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_probe_counts_as_failed_and_a_later_probe_is_admitted() {
+        let b = breaker();
+        for _ in 0..3 {
+            fail(&b);
+        }
+        tokio::time::advance(Duration::from_millis(1250)).await;
+        let probe = b.admit().expect("one probe after the penalty");
+        assert_eq!(b.state(), BreakerState::HalfOpen);
+        // The probe's caller went away (client gone, edge timeout, shutdown).
+        drop(probe);
+        assert_eq!(b.state(), BreakerState::Open, "a dropped probe failed");
+        let wait = b.admit().unwrap_err().retry_after;
+        assert!(
+            wait >= Duration::from_secs(2) && wait <= Duration::from_millis(2400),
+            "the penalty grew as for a failed probe: {wait:?}"
+        );
+        tokio::time::advance(Duration::from_millis(2500)).await;
+        let probe = b.admit().expect("a new probe once the penalty passed");
+        b.record(probe, true);
+        assert_eq!(b.state(), BreakerState::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_that_never_finishes_is_presumed_failed_after_the_probe_timeout() {
+        let b = breaker().with_probe_timeout(Duration::from_secs(3));
+        for _ in 0..3 {
+            fail(&b);
+        }
+        tokio::time::advance(Duration::from_millis(1250)).await;
+        // Neither recorded nor dropped (a wedged future).
+        let stuck = b.admit().expect("the probe");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(b.admit().is_err(), "still waiting for the probe");
+        tokio::time::advance(Duration::from_millis(1100)).await;
+        let wait = b.admit().unwrap_err().retry_after;
+        assert_eq!(b.state(), BreakerState::Open, "the probe timed out");
+        assert!(wait >= Duration::from_secs(2), "{wait:?}");
+        tokio::time::advance(Duration::from_millis(2500)).await;
+        let probe = b.admit().expect("a new probe");
+        // The stuck probe's late answer does not decide for the new one.
+        b.record(stuck, true);
+        assert_eq!(b.state(), BreakerState::HalfOpen);
+        b.record(probe, true);
+        assert_eq!(b.state(), BreakerState::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_ordinary_admission_records_nothing() {
+        let b = breaker();
+        fail(&b);
+        fail(&b);
+        let admission = b.admit().unwrap();
+        drop(admission);
+        // Still two failures: one more opens it, as without the dropped call.
+        assert_eq!(b.state(), BreakerState::Closed);
+        fail(&b);
+        assert_eq!(b.state(), BreakerState::Open);
     }
 
     #[test]

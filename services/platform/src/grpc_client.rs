@@ -135,7 +135,10 @@ impl Upstream {
             channel,
             timeout: config.timeout,
             metrics: metrics.requests.clone(),
-            breaker: Breaker::new(config.name, config.breaker, metrics.breakers.clone()),
+            // A call is cut off at `timeout` and then records its outcome,
+            // so a probe still unanswered a second later is lost for good.
+            breaker: Breaker::new(config.name, config.breaker, metrics.breakers.clone())
+                .with_probe_timeout(config.timeout + Duration::from_secs(1)),
         })
     }
 
@@ -405,6 +408,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::breaker::BreakerState;
     use std::sync::atomic::{AtomicU32, Ordering};
 
     #[tokio::test(start_paused = true)]
@@ -456,6 +460,92 @@ mod tests {
         }
         // 20 first attempts + the 10-token reserve, then no more retries.
         assert_eq!(calls.load(Ordering::SeqCst), 30);
+    }
+
+    /// An upstream that accepts connections and never answers a byte.
+    async fn silent_upstream() -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        addr
+    }
+
+    async fn call_once(mut upstream: Upstream) -> Result<Response<Body>, BoxError> {
+        let request = Request::builder()
+            .uri("http://upstream/stockmesh.test.v1.Test/Call")
+            .body(Body::empty())
+            .expect("valid request");
+        upstream.call(request).await
+    }
+
+    fn status_of(result: Result<Response<Body>, BoxError>) -> tonic::Status {
+        match result {
+            Ok(_) => panic!("the silent upstream cannot answer"),
+            Err(err) => match err.downcast::<tonic::Status>() {
+                Ok(status) => *status,
+                Err(other) => panic!("not a status: {other}"),
+            },
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_probe_dropped_mid_flight_does_not_wedge_the_breaker() {
+        let addr = silent_upstream().await;
+        let config = UpstreamConfig {
+            name: "inventory",
+            url: format!("http://{addr}"),
+            // Long enough for the test to see the probe in flight.
+            timeout: Duration::from_millis(500),
+            connect_timeout: Duration::from_millis(500),
+            breaker: BreakerConfig {
+                failure_threshold: 1,
+                open_for: Duration::from_millis(100),
+                max_open: Duration::from_secs(1),
+            },
+            resolve_every: Duration::from_secs(60),
+        };
+        let upstream = Upstream::new(&config, &Metrics::new("test"))
+            .await
+            .expect("upstream");
+
+        // One failed call (no answer) opens the breaker (threshold 1).
+        let first = status_of(call_once(upstream.clone()).await);
+        assert!(is_upstream_failure(first.code()), "{first:?}");
+        assert_eq!(upstream.breaker().state(), BreakerState::Open);
+
+        // After the penalty (100 ms + at most 20 %) the next call is the
+        // probe; its caller goes away while it is in flight.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let probe = tokio::spawn(call_once(upstream.clone()));
+        let mut half_open = false;
+        for _ in 0..100 {
+            if upstream.breaker().state() == BreakerState::HalfOpen {
+                half_open = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        assert!(half_open, "the probe was admitted");
+        probe.abort();
+        assert!(probe.await.is_err(), "the probe was cancelled mid-flight");
+
+        // A dropped probe is a failed probe: open again with the doubled
+        // penalty (200 ms + at most 20 %), after which a new probe goes out
+        // to the upstream instead of failing fast forever.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let again = status_of(call_once(upstream.clone()).await);
+        assert!(
+            again.metadata().get(CIRCUIT_OPEN).is_none(),
+            "a new probe was admitted, not failed fast: {again:?}"
+        );
+        assert!(is_upstream_failure(again.code()), "{again:?}");
     }
 
     #[test]
