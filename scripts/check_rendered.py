@@ -251,6 +251,17 @@ def check_stockmesh(docs, mode, tls):
                 problem(f"{label}: env {k} is {got[k]}, contract says {v}")
         if not tracing and "OTEL_EXPORTER_OTLP_ENDPOINT" in got:
             problem(f"{label}: OTEL_EXPORTER_OTLP_ENDPOINT set while tracing is off")
+        # Behind the Ingress the user service must know its proxies (else all
+        # shoppers share the controller's rate-limit bucket); without one it
+        # must trust nobody's X-Forwarded-For.
+        if svc == "user":
+            proxies = got.get("TRUSTED_PROXIES")
+            if ingress and (not proxies or proxies[0] != "value" or not proxies[1]):
+                problem(f"{label}: Ingress rendered but no literal TRUSTED_PROXIES")
+            if not ingress and proxies:
+                problem(f"{label}: TRUSTED_PROXIES set without an Ingress")
+        elif "TRUSTED_PROXIES" in got:
+            problem(f"{label}: TRUSTED_PROXIES is for the user service only")
         for k, v in got.items():
             if v[0] == "value" and re.search(r"(?i)(password|secret|token|key)=|://[^/@]+:[^/@]+@", str(v[1])):
                 problem(f"{label}: env {k} carries a credential in plain text")

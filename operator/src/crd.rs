@@ -467,7 +467,7 @@ pub struct ExternalRabbitMq {
 
 /// The Ingress for the `/api/users`, `/api/products`, `/api/orders` and
 /// `/api/notifications` prefixes.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = kube::core::Rule::new("!has(self.tlsSecretName) || has(self.host)").message("ingress.tlsSecretName needs ingress.host"))]
 pub struct IngressSpec {
@@ -492,6 +492,36 @@ pub struct IngressSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub tls_secret_name: Option<String>,
+    /// Networks (CIDRs) of the proxies in front of the services: the
+    /// ingress controller's pods and any load balancer of yours that adds
+    /// `X-Forwarded-For`. The user service believes those entries and takes
+    /// the right-most address outside these networks as the client (for
+    /// login and registration rate limits); set it to your controller's pod
+    /// CIDR. The default, `10.0.0.0/8`, covers the pod networks of kind,
+    /// minikube and most clusters. Used only while the Ingress is enabled
+    /// (`TRUSTED_PROXIES` of the user service).
+    #[serde(default = "default_trusted_proxies")]
+    #[schemars(
+        length(max = 32),
+        inner(regex(pattern = r"^[0-9A-Fa-f:.]+(/[0-9]{1,3})?$"))
+    )]
+    pub trusted_proxies: Vec<String>,
+}
+
+impl Default for IngressSpec {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            host: None,
+            class_name: None,
+            tls_secret_name: None,
+            trusted_proxies: default_trusted_proxies(),
+        }
+    }
+}
+
+fn default_trusted_proxies() -> Vec<String> {
+    vec!["10.0.0.0/8".into()]
 }
 
 /// OpenTelemetry trace export.

@@ -148,6 +148,13 @@ pub fn validate(obj: &InventorySystem) -> Vec<String> {
     if spec.ingress.tls_secret_name.is_some() && spec.ingress.host.is_none() {
         problems.push("ingress.tlsSecretName needs ingress.host".into());
     }
+    for cidr in &spec.ingress.trusted_proxies {
+        if !valid_cidr(cidr) {
+            problems.push(format!(
+                "ingress.trustedProxies entry {cidr:?} is not an IP address or CIDR"
+            ));
+        }
+    }
     if !(0.0..=1.0).contains(&spec.tracing.sampling_ratio) {
         problems.push("tracing.samplingRatio must be between 0 and 1".into());
     }
@@ -816,6 +823,20 @@ pub fn pod_security_context(uid: i64) -> Value {
     })
 }
 
+/// An address or network as the user service's `TRUSTED_PROXIES` accepts
+/// it: `10.0.0.0/8`, `fd00::/8`, `127.0.0.1`.
+fn valid_cidr(text: &str) -> bool {
+    let (addr, prefix) = match text.split_once('/') {
+        Some((addr, prefix)) => (addr, Some(prefix)),
+        None => (text, None),
+    };
+    let Ok(addr) = addr.parse::<std::net::IpAddr>() else {
+        return false;
+    };
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    prefix.is_none_or(|p| p.parse::<u8>().is_ok_and(|p| p <= max))
+}
+
 fn env_value(name: &str, value: &str) -> Value {
     json!({"name": name, "value": value})
 }
@@ -883,6 +904,13 @@ fn service_env(ctx: &Ctx<'_>, svc: Svc) -> Vec<Value> {
             ),
             env_value("AUTH_COOKIE_SECURE", if tls { "true" } else { "false" }),
         ]);
+        // Behind the Ingress the peer is the controller: the client is found
+        // in X-Forwarded-For, believed only from these networks. Without the
+        // Ingress nothing is trusted (a Service's SNAT peer is no proxy).
+        let proxies = &ctx.spec.ingress.trusted_proxies;
+        if ctx.spec.ingress.enabled && !proxies.is_empty() {
+            env.push(env_value("TRUSTED_PROXIES", &proxies.join(",")));
+        }
     }
     if matches!(svc, Svc::Product | Svc::Order) {
         env.push(env_value(
