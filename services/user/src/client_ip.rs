@@ -52,11 +52,10 @@ impl FromStr for Cidr {
             Some((addr, prefix)) => (addr, Some(prefix)),
             None => (s, None),
         };
-        let network: IpAddr = addr
+        let written: IpAddr = addr
             .parse()
             .map_err(|_| format!("`{s}` is not an IP address or CIDR"))?;
-        let network = unmap(network);
-        let max = if network.is_ipv4() { 32 } else { 128 };
+        let max = if written.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix {
             None => max,
             Some(p) => p
@@ -65,7 +64,19 @@ impl FromStr for Cidr {
                 .filter(|p| *p <= max)
                 .ok_or_else(|| format!("`{s}` has a prefix length outside 0..={max}"))?,
         };
-        Ok(Self { network, prefix })
+        // `::ffff:10.0.0.0/104` is `10.0.0.0/8`: peers are matched unmapped.
+        match unmap(written) {
+            v4 @ IpAddr::V4(_) if written.is_ipv6() => {
+                let prefix = prefix.checked_sub(96).ok_or_else(|| {
+                    format!("`{s}`: an IPv4-mapped network needs a prefix of at least 96")
+                })?;
+                Ok(Self {
+                    network: v4,
+                    prefix,
+                })
+            }
+            network => Ok(Self { network, prefix }),
+        }
     }
 }
 
@@ -235,6 +246,9 @@ mod tests {
         assert!(host.contains(ip("127.0.0.1")) && !host.contains(ip("127.0.0.2")));
         let v6: Cidr = "fd00::/8".parse().unwrap();
         assert!(v6.contains(ip("fd12:3456::1")) && !v6.contains(ip("fe80::1")));
+        let mapped: Cidr = "::ffff:10.0.0.0/104".parse().unwrap();
+        assert_eq!(mapped.to_string(), "10.0.0.0/8");
+        assert!("::ffff:10.0.0.0/64".parse::<Cidr>().is_err());
         let all: Cidr = "0.0.0.0/0".parse().unwrap();
         assert!(all.contains(ip("203.0.113.9")) && !all.contains(ip("::1")));
         for bad in ["10.0.0.0/33", "::/129", "ten/8", "10.0.0.0/x", ""] {
