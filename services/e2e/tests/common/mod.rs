@@ -12,6 +12,8 @@
 
 #![allow(dead_code)]
 
+pub mod balancer;
+
 use std::collections::HashMap;
 use std::fs::OpenOptions;
 use std::net::{SocketAddr, TcpListener};
@@ -25,7 +27,7 @@ use lapin::{Connection, ConnectionProperties};
 use reqwest::header::HeaderMap;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use stockmesh_testkit::{TestDatabase, TestKeys, infra};
+use stockmesh_testkit::{TcpProxy, TestDatabase, TestKeys, host_port, infra};
 use uuid::Uuid;
 
 /// How long a started binary may take to answer 200 on `/readyz`.
@@ -134,7 +136,13 @@ fn build_binaries(bin_dir: &Path) {
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let status = Command::new(cargo)
         .current_dir(&workspace)
-        .args(["build", "--workspace", "--all-targets", "--locked", "--quiet"])
+        .args([
+            "build",
+            "--workspace",
+            "--all-targets",
+            "--locked",
+            "--quiet",
+        ])
         .args(["--profile", profile])
         .arg("--target-dir")
         .arg(target_dir)
@@ -177,6 +185,29 @@ pub struct Process {
 }
 
 impl Process {
+    /// Another process of the same service (same environment, database and
+    /// queue) on its own ports, logging to `log`: the new pod of a rollout.
+    fn sibling(&self, http: SocketAddr, grpc: Option<SocketAddr>, log: PathBuf) -> Process {
+        let env = self
+            .env
+            .iter()
+            .map(|(k, v)| match (k.as_str(), grpc) {
+                ("HTTP_ADDR", _) => (k.clone(), http.to_string()),
+                ("GRPC_ADDR", Some(grpc)) => (k.clone(), grpc.to_string()),
+                _ => (k.clone(), v.clone()),
+            })
+            .collect();
+        Process {
+            svc: self.svc,
+            binary: self.binary.clone(),
+            env,
+            http,
+            grpc,
+            log,
+            child: None,
+        }
+    }
+
     fn spawn(&mut self) {
         assert!(
             self.child.is_none(),
@@ -266,9 +297,36 @@ impl Process {
 #[derive(Default)]
 pub struct StackBuilder {
     extra: HashMap<Svc, Vec<(String, String)>>,
+    balanced: bool,
+    database_proxy: bool,
+}
+
+/// The balancers in front of one service (see [`StackBuilder::balanced`])
+/// and the backend ids of its current process in them.
+pub struct Fronts {
+    pub http: balancer::Balancer,
+    pub grpc: Option<balancer::Balancer>,
+    backend: (u64, Option<u64>),
 }
 
 impl StackBuilder {
+    /// Puts a [`balancer::Balancer`] in front of every service's HTTP and
+    /// gRPC port, as a Kubernetes Service is: clients and upstream URLs use
+    /// the balancers, which route only to ready processes, so a service can
+    /// be rolled ([`Stack::roll`]) under load.
+    pub fn balanced(mut self) -> Self {
+        self.balanced = true;
+        self
+    }
+
+    /// Routes every service's database connections through one
+    /// [`TcpProxy`] ([`Stack::db_proxy`]), so a test can make the database
+    /// refuse connections without touching the shared server.
+    pub fn database_through_proxy(mut self) -> Self {
+        self.database_proxy = true;
+        self
+    }
+
     pub fn env(mut self, svc: Svc, name: &str, value: &str) -> Self {
         self.extra
             .entry(svc)
@@ -317,14 +375,49 @@ impl StackBuilder {
         }
         let admin_password = format!("admin-{id}");
         let amqp = infra().amqp_url.clone();
-        let inventory_url = format!("http://{}", grpc[&Svc::Inventory]);
-        let product_url = format!("http://{}", grpc[&Svc::Product]);
+
+        let db_proxy = if self.database_proxy {
+            let (_, port) = host_port(&dbs[&Svc::Inventory].url).expect("database URL has a port");
+            Some((TcpProxy::start(([127, 0, 0, 1], port).into()).await, port))
+        } else {
+            None
+        };
+        let database_url = |svc: Svc| match &db_proxy {
+            Some((proxy, port)) => proxy.url_for(&dbs[&svc].url, *port),
+            None => dbs[&svc].url.clone(),
+        };
+        let mut fronts = HashMap::new();
+        if self.balanced {
+            for svc in Svc::ALL {
+                let http = balancer::Balancer::start().await;
+                let grpc = if svc.has_grpc() {
+                    Some(balancer::Balancer::start().await)
+                } else {
+                    None
+                };
+                fronts.insert(
+                    svc,
+                    Fronts {
+                        http,
+                        grpc,
+                        backend: (0, None),
+                    },
+                );
+            }
+        }
+        // Upstreams are reached through their balancers when there are some.
+        let grpc_url = |svc: Svc| match fronts.get(&svc).and_then(|f| f.grpc.as_ref()) {
+            Some(front) => format!("http://{}", front.front),
+            None => format!("http://{}", grpc[&svc]),
+        };
+        let inventory_url = grpc_url(Svc::Inventory);
+        let product_url = grpc_url(Svc::Product);
 
         let mut procs = HashMap::new();
         for svc in Svc::ALL {
             let mut env: Vec<(&str, String)> = vec![
                 ("HTTP_ADDR", http[&svc].to_string()),
-                ("DATABASE_URL", dbs[&svc].url.clone()),
+                ("DATABASE_URL", database_url(svc)),
                 ("DATABASE_MAX_CONNECTIONS", "5".into()),
                 ("LOG_FORMAT", "json".into()),
                 ("RUST_LOG", "info".into()),
@@ -382,6 +475,9 @@ impl StackBuilder {
         // which stops what was started and prints the logs.
         let mut stack = Stack {
             procs,
+            fronts,
+            db_proxy: db_proxy.map(|(proxy, _)| proxy),
+            rollouts: 0,
             dbs,
             keys,
             queue,
@@ -398,6 +494,7 @@ impl StackBuilder {
         }
         for svc in Svc::ALL {
             stack.wait_ready(svc).await;
+            stack.enlist(svc).await;
         }
         eprintln!(
             "e2e stack ready in {:?} (logs in {})",
@@ -411,6 +508,12 @@ impl StackBuilder {
 /// The five running binaries and what they use.
 pub struct Stack {
     procs: HashMap<Svc, Process>,
+    /// Balancers in front of each service, when built [`StackBuilder::balanced`].
+    pub fronts: HashMap<Svc, Fronts>,
+    /// The proxy every database connection goes through, when built
+    /// [`StackBuilder::database_through_proxy`].
+    pub db_proxy: Option<TcpProxy>,
+    rollouts: u32,
     /// Each service's own database (dropped after the processes stop).
     pub dbs: HashMap<Svc, TestDatabase>,
     pub keys: TestKeys,
@@ -450,13 +553,18 @@ impl Stack {
             .expect("every service has a process")
     }
 
+    /// `path` on the service: through its balancer when it has one.
     pub fn url(&self, svc: Svc, path: &str) -> String {
-        self.procs[&svc].url(path)
+        match self.fronts.get(&svc) {
+            Some(fronts) => format!("http://{}{path}", fronts.http.front),
+            None => self.procs[&svc].url(path),
+        }
     }
 
-    /// Polls `/readyz` until 200; fails at once if the process exits.
+    /// Polls the current process's own `/readyz` until 200; fails at once
+    /// if the process exits.
     pub async fn wait_ready(&mut self, svc: Svc) {
-        let url = self.url(svc, "/readyz");
+        let url = self.procs[&svc].url("/readyz");
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             if let Some(status) = self.process(svc).exited() {
@@ -491,6 +599,83 @@ impl Stack {
     pub async fn restart(&mut self, svc: Svc) {
         self.process(svc).spawn();
         self.wait_ready(svc).await;
+    }
+
+    /// With balancers: adds the current process of `svc` to them and waits
+    /// until they route to it.
+    async fn enlist(&mut self, svc: Svc) {
+        let process = &self.procs[&svc];
+        let readyz = process.url("/readyz");
+        let (http, grpc) = (process.http, process.grpc);
+        let Some(fronts) = self.fronts.get_mut(&svc) else {
+            return;
+        };
+        let http_id = fronts.http.add(http, readyz.clone());
+        let grpc_id = match (&fronts.grpc, grpc) {
+            (Some(front), Some(addr)) => Some(front.add(addr, readyz)),
+            _ => None,
+        };
+        fronts.backend = (http_id, grpc_id);
+        let fronts = &self.fronts[&svc];
+        eventually(
+            &format!("the balancers to route to {}", svc.name()),
+            Duration::from_secs(10),
+            || async {
+                let http_ready = fronts.http.is_ready(http_id);
+                let grpc_ready = match (&fronts.grpc, grpc_id) {
+                    (Some(front), Some(id)) => front.is_ready(id),
+                    _ => true,
+                };
+                (http_ready && grpc_ready).then_some(())
+            },
+        )
+        .await;
+    }
+
+    /// A rolling update of `svc`, as a Deployment with maxSurge 1 and
+    /// maxUnavailable 0 does it (needs [`StackBuilder::balanced`]): a new
+    /// process on its own ports, in the balancers once ready; then SIGTERM
+    /// to the old one, which must exit 0 within `stop_within`; then the old
+    /// backend is forgotten. Returns how long the old process took to exit.
+    pub async fn roll(&mut self, svc: Svc, stop_within: Duration) -> Duration {
+        assert!(
+            self.fronts.contains_key(&svc),
+            "roll needs a balanced stack"
+        );
+        self.rollouts += 1;
+        let mut ports = free_ports(2).into_iter();
+        let mut next = || SocketAddr::from(([127, 0, 0, 1], ports.next().expect("a port")));
+        let http = next();
+        let grpc = svc.has_grpc().then(&mut next);
+        let log = self
+            .log_dir
+            .join(format!("{}-{}.log", svc.name(), self.rollouts));
+        let mut new = self.procs[&svc].sibling(http, grpc, log);
+        new.spawn();
+        let mut old = self
+            .procs
+            .insert(svc, new)
+            .expect("every service has a process");
+        let old_backend = self.fronts[&svc].backend;
+        self.wait_ready(svc).await;
+        self.enlist(svc).await;
+
+        let stopping = Instant::now();
+        old.terminate();
+        let status = old.reap(stopping + stop_within);
+        let took = stopping.elapsed();
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "the old {} did not exit cleanly within {stop_within:?}: {status:?}; log:\n{}",
+            svc.name(),
+            old.log_tail(30)
+        );
+        let fronts = &self.fronts[&svc];
+        fronts.http.remove(old_backend.0);
+        if let (Some(front), Some(id)) = (&fronts.grpc, old_backend.1) {
+            front.remove(id);
+        }
+        took
     }
 
     pub async fn call(
