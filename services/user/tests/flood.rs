@@ -232,8 +232,11 @@ async fn registration_and_login_burst_stays_within_memory_bound() {
             .count()
     };
     assert!(count("register", 201) > 0, "some registrations succeed");
+    // 20 a minute per client (GCRA: one more every 3 s), so of the single
+    // client's 40 about 20 are refused; a little less if the burst takes
+    // seconds to arrive on a loaded machine.
     assert!(
-        count("register", 429) >= 20,
+        count("register", 429) >= 15,
         "the single client's 40 registrations are mostly refused: {tally:?}"
     );
     assert!(
@@ -241,7 +244,7 @@ async fn registration_and_login_burst_stays_within_memory_bound() {
         "excess hashing is refused with 503: {tally:?}"
     );
     assert!(
-        count("login", 429) >= 20,
+        count("login", 429) >= 15,
         "the guessing client is held back: {tally:?}"
     );
 
