@@ -1,6 +1,6 @@
 //! The order service's upstreams, over the shared gRPC client stack. Every
-//! call used here is idempotent (reads, and Reserve/Release keyed by order
-//! id), so all of them are retried within the retry budget.
+//! call used here is idempotent (reads, and Reserve/Release/Commit keyed by
+//! order id), so all of them are retried within the retry budget.
 
 use std::sync::Arc;
 
@@ -73,6 +73,19 @@ impl Upstreams {
                 quantity,
             };
             async move { client.reserve(request).await }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Makes the order's reservation final in inventory (the units are sold).
+    pub async fn commit(&self, order_id: Uuid) -> Result<(), tonic::Status> {
+        retry(&self.budget, ATTEMPTS, || {
+            let mut client = self.inventory.clone();
+            let request = inv::CommitRequest {
+                order_id: order_id.to_string(),
+            };
+            async move { client.commit(request).await }
         })
         .await
         .map(|_| ())

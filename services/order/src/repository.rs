@@ -119,7 +119,9 @@ impl OrderRepository {
         row.as_ref().map(order_from_row).transpose()
     }
 
-    /// Ends a PENDING order as REJECTED or FAILED.
+    /// Ends a PENDING order as REJECTED or FAILED; `None` when it is not
+    /// PENDING any more (confirmed, or failed by the sweeper): the update
+    /// is conditional, so it can never overwrite a confirm.
     pub async fn finish_pending(
         &self,
         id: Uuid,
@@ -142,6 +144,8 @@ impl OrderRepository {
     }
 
     /// Moves an order `from` → `to` and stores its event, in one transaction.
+    /// Entering CONFIRMED also flags the order for the inventory Commit of
+    /// its reservation; leaving it (cancel) clears the flag.
     pub async fn transition_with_event(
         &self,
         id: Uuid,
@@ -154,7 +158,8 @@ impl OrderRepository {
         // the event row is inserted exactly when the status changed.
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "WITH changed AS ( \
-               UPDATE orders SET status = $3, needs_release = $4, updated_at = now() \
+               UPDATE orders SET status = $3, needs_release = $4, \
+                 needs_commit = ($3 = 'CONFIRMED'), updated_at = now() \
                WHERE id = $1 AND status = $2 RETURNING {COLUMNS} \
              ), event AS ( \
                INSERT INTO outbox (event_id, routing_key, payload, trace_context) \
@@ -199,13 +204,42 @@ impl OrderRepository {
         Ok(done.rows_affected())
     }
 
+    /// Orders whose reservation must still be released. Only FAILED and
+    /// CANCELLED orders qualify: a CONFIRMED (or still PENDING) order's
+    /// reservation is never released from here, whatever its flag says.
     pub async fn needing_release(&self, limit: i64) -> Result<Vec<Uuid>, OrderError> {
         Ok(sqlx::query_scalar(
-            "SELECT id FROM orders WHERE needs_release ORDER BY updated_at LIMIT $1",
+            "SELECT id FROM orders WHERE needs_release AND status IN ('FAILED', 'CANCELLED') \
+             ORDER BY updated_at LIMIT $1",
         )
         .bind(limit)
         .fetch_all(&self.pool)
         .await?)
+    }
+
+    /// CONFIRMED orders whose reservation is not committed in inventory yet.
+    pub async fn needing_commit(&self, limit: i64) -> Result<Vec<Uuid>, OrderError> {
+        Ok(sqlx::query_scalar(
+            "SELECT id FROM orders WHERE needs_commit AND status = 'CONFIRMED' \
+             ORDER BY updated_at LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .instrument(db_span("select", "orders"))
+        .await?)
+    }
+
+    /// Remembers that these orders' reservations are settled in inventory.
+    pub async fn clear_needs_commit(&self, ids: &[Uuid]) -> Result<(), OrderError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        sqlx::query("UPDATE orders SET needs_commit = false WHERE id = ANY($1)")
+            .bind(ids)
+            .execute(&self.pool)
+            .instrument(db_span("update", "orders"))
+            .await?;
+        Ok(())
     }
 
     pub async fn get(&self, id: Uuid) -> Result<Option<Order>, OrderError> {

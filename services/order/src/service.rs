@@ -4,21 +4,30 @@
 //! 3. inventory `Reserve` keyed by the order id (idempotent);
 //! 4. shortage → REJECTED (409);
 //! 5. CONFIRMED + the `order.confirmed` outbox row in one transaction (201);
-//! 6. any failure after step 3 → `Release` (idempotent) and FAILED.
+//! 6. any failure after step 3 → FAILED (only while still PENDING), then
+//!    `Release` (idempotent);
+//! 7. after the answer, inventory `Commit` of the confirmed order's
+//!    reservation, in the background ([`OrderService::commit_confirmed`]).
 //!
+//! Outcomes are decided from the stored state, never from an error alone:
+//! a confirm whose reply was lost may have committed, so the order is read
+//! back before anything is compensated, and every move out of PENDING is a
+//! conditional update, so a confirm and a compensation can never both win.
 //! A compensation that cannot run now (inventory down) is recorded
 //! (`needs_release`) and retried by [`OrderService::sweep`], which also
-//! fails orders whose saga died while PENDING. Nothing is left half-done.
+//! fails orders whose saga died while PENDING; a commit that cannot run now
+//! stays flagged (`needs_commit`) and is retried. Nothing is left half-done.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+use futures::StreamExt;
 use stockmesh_platform::auth::Caller;
-use stockmesh_platform::broker;
 use stockmesh_platform::events::{
     ORDER_CANCELLED, ORDER_CONFIRMED, OrderEvent, OrderEventData, Total,
 };
+use stockmesh_platform::{broker, deadline};
 use tokio::sync::Notify;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
@@ -34,6 +43,30 @@ pub struct OrderService {
     upstreams: Upstreams,
     /// Wakes the outbox relay after an event was committed.
     relay_wake: Arc<Notify>,
+    /// Wakes the committer after an order was confirmed.
+    commit_wake: Arc<Notify>,
+}
+
+/// Confirmed orders read per commit round.
+const COMMIT_BATCH: i64 = 100;
+/// Commit calls in flight at once.
+const COMMIT_CONCURRENCY: usize = 8;
+/// Time kept, when reading an order back, to still answer before the
+/// request's deadline.
+const ANSWER_MARGIN: Duration = Duration::from_millis(100);
+/// Read-back attempts outside a request (no deadline to bound them).
+const READ_BACK_ATTEMPTS: u32 = 5;
+
+/// What a compensation found.
+enum Compensation {
+    /// The order was PENDING and is now FAILED; its reservation released
+    /// (or flagged for the sweeper).
+    Failed,
+    /// The order was not PENDING any more: someone else decided it.
+    NotPending,
+    /// The database could not be reached: the order stays PENDING and the
+    /// sweeper fails it and releases its reservation later.
+    Unknown,
 }
 
 /// The outcome of placing an order: the order, and whether this call
@@ -49,7 +82,14 @@ impl OrderService {
             repository,
             upstreams,
             relay_wake,
+            commit_wake: Arc::new(Notify::new()),
         }
+    }
+
+    /// Notified whenever an order was confirmed: its reservation awaits
+    /// the inventory Commit.
+    pub fn commit_wake(&self) -> Arc<Notify> {
+        self.commit_wake.clone()
     }
 
     pub async fn place(
@@ -120,14 +160,7 @@ impl OrderService {
             )
             .await
         {
-            Ok(Some(confirmed)) => {
-                self.relay_wake.notify_one();
-                tracing::info!(order_id = %order.id, "order confirmed");
-                Ok(Placed {
-                    order: confirmed,
-                    created_now: true,
-                })
-            }
+            Ok(Some(confirmed)) => Ok(self.confirmed(confirmed)),
             Ok(None) => {
                 // The sweeper declared it abandoned meanwhile; it releases.
                 Err(OrderError::UpstreamUnavailable(
@@ -135,10 +168,88 @@ impl OrderService {
                     Duration::from_secs(1),
                 ))
             }
-            Err(err) => {
-                self.compensate(&order, "could not confirm the order").await;
-                Err(err)
+            Err(err) => self.confirm_failed(&order, err).await,
+        }
+    }
+
+    /// A confirmed order: its event is on its way and its reservation
+    /// will be committed.
+    fn confirmed(&self, order: Order) -> Placed {
+        self.relay_wake.notify_one();
+        self.commit_wake.notify_one();
+        tracing::info!(order_id = %order.id, "order confirmed");
+        Placed {
+            order,
+            created_now: true,
+        }
+    }
+
+    /// The confirm statement failed, or its reply was lost: it may have
+    /// committed all the same (the connection dropped after the commit).
+    /// What is stored decides: CONFIRMED is a success; still PENDING is
+    /// compensated; unknown (the database is unreachable) is left to the
+    /// sweeper, which decides from the stored state in turn.
+    async fn confirm_failed(&self, order: &Order, err: OrderError) -> Result<Placed, OrderError> {
+        let Some(stored) = self.read_back(order.id).await else {
+            tracing::warn!(order_id = %order.id, error = %err, "confirm failed and the order cannot be read back; left to the sweeper");
+            return Err(err);
+        };
+        match stored.status {
+            OrderStatus::Confirmed => {
+                tracing::warn!(order_id = %order.id, error = %err, "the confirm's answer was lost, but it committed");
+                Ok(self.confirmed(stored))
             }
+            OrderStatus::Pending => {
+                match self.compensate(order, "could not confirm the order").await {
+                    Compensation::NotPending => {
+                        // The confirm statement landed after all (it was
+                        // still running when it seemed to fail).
+                        match self.read_back(order.id).await {
+                            Some(stored) if stored.status == OrderStatus::Confirmed => {
+                                Ok(self.confirmed(stored))
+                            }
+                            _ => Err(err),
+                        }
+                    }
+                    Compensation::Failed | Compensation::Unknown => Err(err),
+                }
+            }
+            // Failed by the sweeper, which releases its reservation.
+            _ => Err(err),
+        }
+    }
+
+    /// Reads an order back, retrying with backoff while the database is
+    /// unreachable, but only as long as the request's deadline leaves time
+    /// to answer (a few attempts outside a request). `None`: unknown.
+    async fn read_back(&self, id: Uuid) -> Option<Order> {
+        let mut backoff = Duration::from_millis(25);
+        let mut attempt = 1;
+        loop {
+            let read = match deadline::remaining() {
+                Some(left) => {
+                    // No time left to read and still answer: unknown.
+                    let budget = left.checked_sub(ANSWER_MARGIN)?;
+                    tokio::time::timeout(budget, self.repository.get(id))
+                        .await
+                        .unwrap_or_else(|_| Err(OrderError::UpstreamTimeout("order database")))
+                }
+                None => self.repository.get(id).await,
+            };
+            let err = match read {
+                Ok(order) => return order,
+                Err(err) => err,
+            };
+            let time_left = deadline::remaining().map_or(attempt < READ_BACK_ATTEMPTS, |left| {
+                left > backoff + ANSWER_MARGIN
+            });
+            if !time_left {
+                tracing::warn!(order_id = %id, error = %err, attempt, "cannot read the order back");
+                return None;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(500));
+            attempt += 1;
         }
     }
 
@@ -156,6 +267,20 @@ impl OrderService {
                 tracing::info!(order_id = %order.id, "order rejected: insufficient stock");
                 OrderError::InsufficientStock(status.message().to_owned())
             }
+            tonic::Code::Aborted => {
+                // Inventory had released this order before the reserve
+                // arrived (the saga was given up): nothing is held for it.
+                let reason = "released before its stock was reserved";
+                if let Err(err) = self
+                    .repository
+                    .finish_pending(order.id, OrderStatus::Failed, reason, false)
+                    .await
+                {
+                    tracing::error!(order_id = %order.id, error = %err, "cannot mark order failed; the sweeper will");
+                }
+                tracing::warn!(order_id = %order.id, "order failed: {reason}");
+                OrderError::PreviouslyFailed(order.id)
+            }
             _ => {
                 // The reservation may or may not have happened (a timeout):
                 // release it either way; Release is idempotent.
@@ -165,18 +290,30 @@ impl OrderService {
         }
     }
 
-    /// Marks the order FAILED and releases its reservation now, or flags it
-    /// for the sweeper when inventory cannot be reached.
-    async fn compensate(&self, order: &Order, reason: &str) {
-        let released = self.upstreams.release(order.id).await.is_ok();
-        if let Err(err) = self
+    /// Fails a PENDING order and releases its reservation. FAILED comes
+    /// first, conditional on PENDING and flagged for release in the same
+    /// statement: if a confirm landed meanwhile, it wins and nothing is
+    /// released; if the release cannot run now, the sweeper retries it.
+    async fn compensate(&self, order: &Order, reason: &str) -> Compensation {
+        match self
             .repository
-            .finish_pending(order.id, OrderStatus::Failed, reason, !released)
+            .finish_pending(order.id, OrderStatus::Failed, reason, true)
             .await
         {
-            tracing::error!(order_id = %order.id, error = %err, "cannot mark order failed; the sweeper will");
+            Ok(Some(_)) => {}
+            Ok(None) => return Compensation::NotPending,
+            Err(err) => {
+                tracing::error!(order_id = %order.id, error = %err, "cannot mark order failed; left PENDING for the sweeper");
+                return Compensation::Unknown;
+            }
+        }
+        let released = self.upstreams.release(order.id).await.is_ok();
+        if released && let Err(err) = self.repository.clear_needs_release(order.id).await {
+            // Harmless: the sweeper releases again, and Release is idempotent.
+            tracing::debug!(order_id = %order.id, error = %err, "release flag not cleared");
         }
         tracing::warn!(order_id = %order.id, reason, released, "order failed");
+        Compensation::Failed
     }
 
     pub async fn get(&self, caller: Caller, id: Uuid) -> Result<Order, OrderError> {
@@ -231,8 +368,59 @@ impl OrderService {
         Ok(cancelled)
     }
 
+    /// Commits in inventory the reservations of CONFIRMED orders not
+    /// committed yet, a batch at a time, until none is left or inventory
+    /// cannot be reached (the rest stays flagged for the next round).
+    /// Returns how many orders were settled.
+    pub async fn commit_confirmed(&self) -> Result<usize, OrderError> {
+        let mut settled = 0;
+        loop {
+            let ids = self.repository.needing_commit(COMMIT_BATCH).await?;
+            if ids.is_empty() {
+                return Ok(settled);
+            }
+            let outcomes: Vec<(Uuid, Result<(), tonic::Status>)> =
+                futures::stream::iter(ids.iter().copied())
+                    .map(|id| async move { (id, self.upstreams.commit(id).await) })
+                    .buffer_unordered(COMMIT_CONCURRENCY)
+                    .collect()
+                    .await;
+            let mut done = Vec::with_capacity(outcomes.len());
+            let mut unreachable = false;
+            for (id, outcome) in outcomes {
+                match outcome {
+                    Ok(()) => done.push(id),
+                    // Final answers: nothing left to commit. Released: the
+                    // order was cancelled meanwhile (its release returned the
+                    // units). No reservation: nothing will ever commit it.
+                    Err(status)
+                        if matches!(
+                            status.code(),
+                            tonic::Code::FailedPrecondition | tonic::Code::NotFound
+                        ) =>
+                    {
+                        tracing::warn!(order_id = %id, code = ?status.code(), message = status.message(), "reservation of a confirmed order cannot be committed");
+                        done.push(id);
+                    }
+                    Err(status) => {
+                        tracing::debug!(order_id = %id, code = ?status.code(), "commit will be retried");
+                        unreachable = true;
+                    }
+                }
+            }
+            self.repository.clear_needs_commit(&done).await?;
+            settled += done.len();
+            if unreachable || ids.len() < COMMIT_BATCH as usize {
+                return Ok(settled);
+            }
+        }
+    }
+
     /// Background compensation: fails abandoned PENDING orders and retries
     /// releases that could not run. Returns how many releases succeeded.
+    /// Both decide from the stored state: only PENDING orders are
+    /// abandoned (a conditional update), and only FAILED or CANCELLED
+    /// orders are released, never a CONFIRMED one.
     pub async fn sweep(&self, pending_timeout: Duration) -> Result<usize, OrderError> {
         let abandoned = self
             .repository

@@ -114,6 +114,11 @@ impl Application {
             config.pending_timeout,
             shutdown.clone(),
         ));
+        shutdown.spawn(committer(
+            service.clone(),
+            config.sweep_every,
+            shutdown.clone(),
+        ));
         let app = http::router(
             router(AppState { service, verifier }),
             readiness,
@@ -144,6 +149,26 @@ async fn sweeper(
             Ok(0) => {}
             Ok(released) => tracing::info!(released, "compensation: reservations released"),
             Err(err) => tracing::debug!(error = %err, "sweeper will retry"),
+        }
+    }
+}
+
+/// Commits confirmed orders' reservations in inventory: woken by each
+/// confirm (so the counters move at once, off the request's path, and a
+/// burst of confirms is committed in batches), and every `every` for the
+/// orders a failed round left flagged.
+async fn committer(service: OrderService, every: std::time::Duration, shutdown: Shutdown) {
+    let wake = service.commit_wake();
+    loop {
+        tokio::select! {
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        match service.commit_confirmed().await {
+            Ok(0) => {}
+            Ok(committed) => tracing::debug!(committed, "reservations committed"),
+            Err(err) => tracing::debug!(error = %err, "committer will retry"),
         }
     }
 }

@@ -22,7 +22,9 @@ async fn order_confirm_cancel_and_their_events() {
         json!({"amount_minor": 750, "currency": "EUR"})
     );
     assert_eq!(order["product_name"], "Mug");
-    assert_eq!(sys.stock(&product).await, (7, 3));
+    assert_eq!(sys.stock(&product).await.0, 7);
+    // Committed in the background: sold, no longer held.
+    assert_eq!(sys.settled_stock(&product).await, (7, 0));
     let id = order["id"].as_str().unwrap().to_owned();
     let event = sys.event_for(&id, "order.confirmed").await;
     assert_eq!(event["version"], 1);
@@ -150,7 +152,11 @@ async fn idempotency_key_replays_and_refuses_a_different_body() {
     let (status, other, _) = sys.order(&sys.user(), &product, 2, Some("k-1")).await;
     assert_eq!(status, StatusCode::CREATED);
     assert_ne!(other["id"], first["id"]);
-    assert_eq!(sys.stock(&product).await, (6, 4), "two orders, not three");
+    assert_eq!(
+        sys.settled_stock(&product).await,
+        (6, 0),
+        "two orders, not three"
+    );
     sys.stop().await;
 }
 
@@ -227,7 +233,8 @@ async fn concurrent_orders_never_oversell() {
         .collect();
     assert!(other.is_empty(), "unexpected answers: {other:?}");
     assert_eq!((confirmed, rejected), (100, 200));
-    assert_eq!(sys.stock(&product).await, (0, 100));
+    assert_eq!(sys.stock(&product).await.0, 0);
+    assert_eq!(sys.settled_stock(&product).await, (0, 0));
     let pool = sys.order_db.pool().await;
     let counts: Vec<(String, i64)> =
         sqlx::query_as("SELECT status, count(*) FROM orders GROUP BY status ORDER BY status")

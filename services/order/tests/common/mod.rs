@@ -52,6 +52,12 @@ pub struct System {
 
 impl System {
     pub async fn start(extra: &[(&str, &str)]) -> Self {
+        Self::start_routed(extra, |url| url.to_owned()).await
+    }
+
+    /// Like [`System::start`], but the order service reaches its database
+    /// through `route(url)` (a proxy a test controls).
+    pub async fn start_routed(extra: &[(&str, &str)], route: impl FnOnce(&str) -> String) -> Self {
         let keys = TestKeys::generate();
         let mut shutdowns = Vec::new();
 
@@ -103,10 +109,11 @@ impl System {
         let events = listen_for_events(&amqp).await;
 
         let order_db = TestDatabase::create().await;
+        let order_db_url = route(&order_db.url);
         let product_url = format!("http://{product_grpc}");
         let mut pairs = vec![
             ("HTTP_ADDR", "127.0.0.1:0"),
-            ("DATABASE_URL", order_db.url.as_str()),
+            ("DATABASE_URL", order_db_url.as_str()),
             ("DATABASE_MAX_CONNECTIONS", "20"),
             ("JWT_PUBLIC_KEY", keys.public_pem.as_str()),
             ("AMQP_URL", proxied_amqp.as_str()),
@@ -227,6 +234,20 @@ impl System {
             .fetch_one(&pool)
             .await
             .unwrap()
+    }
+
+    /// The stock once every confirmed order's reservation was committed in
+    /// the background (nothing reserved any more), within 10 s.
+    pub async fn settled_stock(&self, product: &str) -> (i64, i64) {
+        let mut stock = self.stock(product).await;
+        for _ in 0..100 {
+            if stock.1 == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            stock = self.stock(product).await;
+        }
+        stock
     }
 
     /// The next event for `order_id` of type `kind`, within 10 s.

@@ -1,0 +1,182 @@
+//! A confirmed order's reservation is committed in inventory (issue 13,
+//! "reservations never committed"), and cancelling a committed order
+//! still returns its units, exactly once.
+
+mod common;
+
+use std::time::Duration;
+
+use common::System;
+use reqwest::{Method, StatusCode};
+use stockmesh_proto::inventory::v1 as inv;
+use stockmesh_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
+
+async fn reservation_state(sys: &System, id: &str) -> Option<String> {
+    let pool = sys.inventory_db.pool().await;
+    sqlx::query_scalar("SELECT state FROM reservations WHERE order_id = $1::uuid")
+        .bind(id)
+        .fetch_optional(&pool)
+        .await
+        .expect("read reservation")
+}
+
+/// Waits up to 10 s for the reservation of `id` to reach `state`.
+async fn until_reservation(sys: &System, id: &str, state: &str) {
+    for _ in 0..100 {
+        if reservation_state(sys, id).await.as_deref() == Some(state) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "reservation of {id} is {:?}, never {state}",
+        reservation_state(sys, id).await
+    );
+}
+
+async fn cancel(sys: &System, token: &str, id: &str) -> (StatusCode, serde_json::Value) {
+    let (status, body, _) = sys
+        .call(
+            sys.order_http,
+            Method::POST,
+            &format!("/api/orders/{id}/cancel"),
+            Some(token),
+            None,
+            None,
+        )
+        .await;
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_confirmed_order_is_committed_and_its_cancel_returns_the_units_once() {
+    let sys = System::start(&[]).await;
+    let product = sys.product("Saucer", 10).await;
+    let user = sys.user();
+
+    let (status, order, _) = sys.order(&user, &product, 3, None).await;
+    assert_eq!(status, StatusCode::CREATED, "{order}");
+    let id = order["id"].as_str().expect("order id").to_owned();
+    assert_eq!(sys.stock(&product).await.0, 7);
+
+    // Committed in the background: the units are sold, no longer held.
+    until_reservation(&sys, &id, "committed").await;
+    assert_eq!(sys.stock(&product).await, (7, 0));
+    let pool = sys.order_db.pool().await;
+    let needs_commit: bool =
+        sqlx::query_scalar("SELECT needs_commit FROM orders WHERE id = $1::uuid")
+            .bind(&id)
+            .fetch_one(&pool)
+            .await
+            .expect("read order");
+    assert!(!needs_commit, "the order remembers that it was committed");
+
+    let (status, body) = cancel(&sys, &user, &id).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "CANCELLED");
+    assert_eq!(sys.stock(&product).await, (10, 0), "the units came back");
+    let (status, body) = cancel(&sys, &user, &id).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    // Give a background pass the chance to do something wrong.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(sys.stock(&product).await, (10, 0), "exactly once");
+    assert_eq!(
+        reservation_state(&sys, &id).await.as_deref(),
+        Some("released")
+    );
+    sys.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_racing_the_commit_returns_the_units_once() {
+    let sys = System::start(&[]).await;
+    let product = sys.product("Creamer", 10).await;
+    let user = sys.user();
+
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let (status, order, _) = sys.order(&user, &product, 2, None).await;
+        assert_eq!(status, StatusCode::CREATED, "{order}");
+        let id = order["id"].as_str().expect("order id").to_owned();
+        // At once: the commit may or may not have happened yet.
+        let (status, body) = cancel(&sys, &user, &id).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        ids.push(id);
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    for id in &ids {
+        assert_eq!(
+            reservation_state(&sys, id).await.as_deref(),
+            Some("released")
+        );
+    }
+    assert_eq!(sys.stock(&product).await, (10, 0));
+    sys.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_that_cannot_reach_inventory_is_retried_until_it_can() {
+    let sys = System::start(&[]).await;
+    let product = sys.product("Jug", 10).await;
+
+    // A confirmed order whose reservation is not committed yet (as after a
+    // crash right after the confirm, or an order confirmed before this
+    // version: the migration flags those), with inventory unreachable.
+    let order_id = uuid::Uuid::now_v7();
+    let mut inventory =
+        InventoryServiceClient::connect(format!("http://127.0.0.1:{}", sys.inventory_proxy.port))
+            .await
+            .expect("inventory reachable");
+    inventory
+        .reserve(inv::ReserveRequest {
+            order_id: order_id.to_string(),
+            product_id: product.clone(),
+            quantity: 4,
+        })
+        .await
+        .expect("reserve");
+    sys.inventory_proxy.cut();
+    let pool = sys.order_db.pool().await;
+    sqlx::query(
+        "INSERT INTO orders (id, user_id, product_id, product_name, quantity, unit_price_minor, \
+         total_minor, currency, status, needs_commit) \
+         VALUES ($1, $2, $3::uuid, 'Jug', 4, 250, 1000, 'EUR', 'CONFIRMED', true)",
+    )
+    .bind(order_id)
+    .bind(uuid::Uuid::now_v7())
+    .bind(&product)
+    .execute(&pool)
+    .await
+    .expect("insert a confirmed order");
+
+    // Several committer rounds (every 300 ms here) fail; nothing is lost.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let id = order_id.to_string();
+    assert_eq!(
+        reservation_state(&sys, &id).await.as_deref(),
+        Some("reserved")
+    );
+    let needs_commit = |pool: sqlx::PgPool| async move {
+        sqlx::query_scalar::<_, bool>("SELECT needs_commit FROM orders WHERE id = $1")
+            .bind(order_id)
+            .fetch_one(&pool)
+            .await
+            .expect("read order")
+    };
+    assert!(needs_commit(pool.clone()).await, "still flagged");
+
+    sys.inventory_proxy.restore();
+    until_reservation(&sys, &id, "committed").await;
+    assert_eq!(sys.stock(&product).await, (6, 0));
+    for _ in 0..50 {
+        if !needs_commit(pool.clone()).await {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        !needs_commit(pool).await,
+        "the flag is cleared once committed"
+    );
+    sys.stop().await;
+}
