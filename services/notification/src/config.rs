@@ -29,9 +29,20 @@ pub struct ConsumerConfig {
     /// `NOTIFICATION_CONCURRENCY`: deliveries handled at once (each its own
     /// transaction and acknowledgement); at most `prefetch`.
     pub concurrency: usize,
-    /// `NOTIFICATION_RETRY_DELAY_MS`: pause before handing a failed message
-    /// back, so a short outage does not burn the delivery limit at once.
+    /// `NOTIFICATION_RETRY_DELAY_MS`: pause before handing back a message
+    /// the database refused (so the delivery limit is not burnt at once),
+    /// and the first pause while waiting for an unreachable database.
     pub retry_delay: Duration,
+    /// `NOTIFICATION_RETRY_MAX_MS`: ceiling of the growing pause between
+    /// attempts while the database is unreachable.
+    pub retry_max: Duration,
+    /// `NOTIFICATION_BROKER_TIMEOUT_MS`: bound on every single wait on the
+    /// broker (session setup, ack/nack/reject, cancel, close); a broker that
+    /// does not answer in time ends the session and a new one starts.
+    pub broker_timeout: Duration,
+    /// The service's `SHUTDOWN_GRACE_MS`: bound on finishing the deliveries
+    /// in hand at shutdown.
+    pub shutdown_grace: Duration,
     /// `NOTIFICATION_RECONNECT_MAX_MS`: ceiling of the reconnect backoff.
     pub reconnect_max: Duration,
 }
@@ -54,7 +65,8 @@ impl NotificationConfig {
         let common = CommonConfig::read(&mut env, "notification", default_http);
         let database = DatabaseConfig::read(&mut env);
         let auth = AuthConfig::read(&mut env);
-        let consumer = read_consumer(&mut env);
+        let mut consumer = read_consumer(&mut env);
+        consumer.shutdown_grace = common.shutdown_grace;
         env.finish()?;
         Ok(Self {
             common,
@@ -93,6 +105,10 @@ fn read_consumer(env: &mut EnvReader) -> ConsumerConfig {
     if concurrency == 0 {
         env.problem("NOTIFICATION_CONCURRENCY must be at least 1");
     }
+    let broker_timeout = env.millis("NOTIFICATION_BROKER_TIMEOUT_MS", Duration::from_secs(5));
+    if broker_timeout.is_zero() {
+        env.problem("NOTIFICATION_BROKER_TIMEOUT_MS must be at least 1");
+    }
     ConsumerConfig {
         broker,
         concurrency: concurrency.clamp(1, usize::from(prefetch.max(1))),
@@ -101,6 +117,9 @@ fn read_consumer(env: &mut EnvReader) -> ConsumerConfig {
         delivery_limit: delivery_limit.max(1),
         prefetch: prefetch.max(1),
         retry_delay: env.millis("NOTIFICATION_RETRY_DELAY_MS", Duration::from_secs(1)),
+        retry_max: env.millis("NOTIFICATION_RETRY_MAX_MS", Duration::from_secs(5)),
+        broker_timeout,
+        shutdown_grace: Duration::from_secs(20),
         reconnect_max: env.millis("NOTIFICATION_RECONNECT_MAX_MS", Duration::from_secs(10)),
     }
 }
@@ -134,6 +153,9 @@ mod tests {
         assert_eq!(config.consumer.delivery_limit, 5);
         assert_eq!(config.consumer.prefetch, 32);
         assert_eq!(config.consumer.concurrency, 8);
+        assert_eq!(config.consumer.broker_timeout, Duration::from_secs(5));
+        assert_eq!(config.consumer.retry_max, Duration::from_secs(5));
+        assert_eq!(config.consumer.shutdown_grace, config.common.shutdown_grace);
     }
 
     #[test]

@@ -6,9 +6,18 @@
 //! - unreadable (malformed JSON, unknown type or version) or meaningless
 //!   (no owner, a non-positive quantity) → `reject` without requeue: the
 //!   queue dead-letters it to `<queue>.dead` at once, a warning is logged;
-//! - the handler failed (database down) → wait `retry_delay`, then `nack`
-//!   with requeue: the quorum queue counts deliveries and dead-letters the
-//!   message after `x-delivery-limit`, so a poison message never loops.
+//! - the database cannot be reached (connection refused or lost, pool
+//!   timeout) → the delivery is **held**, not handed back: the handler waits
+//!   with a growing pause (`retry_delay` doubling up to `retry_max`) and
+//!   stores it once the database answers, and the session takes no new
+//!   deliveries meanwhile (consuming is paused). An outage of any length
+//!   therefore spends none of the delivery budget and dead-letters nothing;
+//! - any other database error (the database answered and refused: a
+//!   missing table, a constraint) → wait `retry_delay`, then `nack` with
+//!   requeue: the quorum queue counts deliveries and dead-letters the
+//!   message after `x-delivery-limit`, so a poison message never loops. The
+//!   dead letters can be replayed once the cause is fixed
+//!   (`notification replay-dead-letters`, see [`crate::replay`]).
 //!
 //! Up to `concurrency` deliveries are handled at once, each with its own
 //! transaction and acknowledgement (acks may go out of order; events carry
@@ -16,13 +25,26 @@
 //!
 //! A session is connect → declare → consume; when it ends (broker restart,
 //! connection lost, consumer cancelled) the loop starts a new one after a
-//! growing pause. On shutdown it stops taking deliveries, finishes and acks
-//! the ones in hand, cancels the consumer and closes channel and connection.
-//! Messages prefetched but not started are returned to the queue by the
-//! broker when the channel closes.
+//! growing pause. Nothing in a session may wait on the broker without a
+//! bound: connecting, every setup step, every ack/nack/reject, cancelling
+//! and closing are each limited to `broker_timeout`, heartbeats notice a
+//! dead TCP connection, and the session loop checks the connection every
+//! second, so it always ends when the broker is gone and a new one starts.
+//! Readiness turns false the moment a session breaks.
+//!
+//! When a session breaks, the deliveries in hand can no longer be
+//! acknowledged (the broker redelivers them to the next session; the event
+//! id makes that harmless); they get [`BROKEN_DRAIN`] to finish storing,
+//! then are dropped. On shutdown the session stops taking deliveries,
+//! finishes and acks the ones in hand (a handler waiting for the database
+//! gives its delivery back instead), cancels the consumer and closes channel
+//! and connection. Messages prefetched but not started are returned to the
+//! queue by the broker when the channel closes.
 
+use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -53,8 +75,13 @@ use crate::service::{NotificationService, Recorded};
 
 /// First pause before reconnecting; doubles up to `reconnect_max`.
 const INITIAL_BACKOFF: Duration = Duration::from_millis(200);
-/// Bound on each step of closing a session.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the deliveries in hand may go on after their session broke
+/// (they cannot be acknowledged any more; this only lets a store that is
+/// under way finish, which saves a duplicate later).
+pub const BROKEN_DRAIN: Duration = Duration::from_secs(2);
+/// How often the session loop checks that its connection is still up
+/// (besides noticing it through the delivery stream).
+const LIVENESS_CHECK: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ProcessedLabels {
@@ -80,6 +107,8 @@ pub struct ConsumerMetrics {
     pub processed: Family<ProcessedLabels, Counter>,
     pub retried: Family<EventTypeLabels, Counter>,
     pub dead_lettered: Family<ReasonLabels, Counter>,
+    pub database_waits: Counter,
+    pub paused: Gauge,
     pub connected: Gauge,
     pub sessions: Counter,
 }
@@ -94,13 +123,23 @@ impl ConsumerMetrics {
         );
         metrics.register(
             "notification_events_retried",
-            "Deliveries handed back to the queue (nack with requeue) after a handler failure, by event type",
+            "Deliveries handed back to the queue (nack with requeue, spending one of the delivery limit) after the database refused them, by event type",
             this.retried.clone(),
         );
         metrics.register(
             "notification_events_dead_lettered",
             "Deliveries rejected without requeue (dead-lettered at once), by reason",
             this.dead_lettered.clone(),
+        );
+        metrics.register(
+            "notification_database_waits",
+            "Times a delivery found the database unreachable and was held (not requeued) until it answered",
+            this.database_waits.clone(),
+        );
+        metrics.register(
+            "notification_consumer_paused",
+            "1 while consuming is paused because the database is unreachable",
+            this.paused.clone(),
         );
         metrics.register(
             "notification_consumer_connected",
@@ -144,6 +183,68 @@ enum Ended {
     Shutdown,
     /// The broker cancelled the consumer (e.g. the queue was deleted).
     Cancelled,
+}
+
+/// Why a session broke.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("broker error")]
+    Broker(#[from] lapin::Error),
+    /// A broker operation got no answer within `broker_timeout`.
+    #[error("{0} got no answer from the broker within {1} ms")]
+    TimedOut(&'static str, u64),
+    #[error("the broker connection is gone")]
+    ConnectionLost,
+}
+
+/// `operation` on the broker, bounded by `limit`.
+async fn bounded<T>(
+    operation: &'static str,
+    limit: Duration,
+    fut: impl Future<Output = Result<T, lapin::Error>>,
+) -> Result<T, SessionError> {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(SessionError::TimedOut(operation, limit.as_millis() as u64)),
+    }
+}
+
+/// How many handlers are holding a delivery until the database answers;
+/// while any is, the session starts no new deliveries.
+#[derive(Default)]
+struct DatabaseGate {
+    waiting: AtomicUsize,
+    paused: Gauge,
+}
+
+impl DatabaseGate {
+    fn new(paused: Gauge) -> Self {
+        Self {
+            waiting: AtomicUsize::new(0),
+            paused,
+        }
+    }
+
+    fn is_paused(&self) -> bool {
+        self.waiting.load(Ordering::SeqCst) > 0
+    }
+
+    fn enter(&self) -> GateGuard<'_> {
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        self.paused.set(1);
+        GateGuard(self)
+    }
+}
+
+/// Leaves the gate when dropped, also when its handler is abandoned.
+struct GateGuard<'a>(&'a DatabaseGate);
+
+impl Drop for GateGuard<'_> {
+    fn drop(&mut self) {
+        if self.0.waiting.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.paused.set(0);
+        }
+    }
 }
 
 pub struct Consumer {
@@ -205,22 +306,24 @@ impl Consumer {
         &self,
         shutdown: &Shutdown,
         backoff: &mut Duration,
-    ) -> Result<Ended, lapin::Error> {
+    ) -> Result<Ended, SessionError> {
+        let limit = self.config.broker_timeout;
+        // `broker::connect` bounds itself (connect timeout).
         let connection = tokio::select! {
             connection = broker::connect(&self.config.broker, "notification") => connection?,
             _ = shutdown.cancelled() => return Ok(Ended::Shutdown),
         };
         let setup = tokio::select! {
-            setup = self.open(&connection) => setup,
+            setup = bounded("consumer setup", limit, self.open(&connection)) => setup,
             _ = shutdown.cancelled() => {
-                close(None, &connection).await;
+                close(None, &connection, limit).await;
                 return Ok(Ended::Shutdown);
             }
         };
         let (channel, mut consumer) = match setup {
             Ok(opened) => opened,
             Err(err) => {
-                close(None, &connection).await;
+                close(None, &connection, limit).await;
                 return Err(err);
             }
         };
@@ -236,8 +339,18 @@ impl Consumer {
             "consuming order events"
         );
 
+        let gate = DatabaseGate::new(self.metrics.paused.clone());
+        // Received but not started: at most `prefetch`, the broker sends no more.
+        let mut waiting: VecDeque<Delivery> = VecDeque::new();
         let mut in_hand = FuturesUnordered::new();
+        let mut liveness = tokio::time::interval(LIVENESS_CHECK);
         let ended = loop {
+            while in_hand.len() < self.config.concurrency && !gate.is_paused() {
+                match waiting.pop_front() {
+                    Some(delivery) => in_hand.push(self.handle(delivery, shutdown, &gate)),
+                    None => break,
+                }
+            }
             tokio::select! {
                 // Shutdown first: stop taking new deliveries at once.
                 biased;
@@ -247,32 +360,69 @@ impl Consumer {
                         break Err(err);
                     }
                 }
-                next = consumer.next(), if in_hand.len() < self.config.concurrency => match next {
-                    Some(Ok(delivery)) => in_hand.push(self.handle(delivery, shutdown)),
-                    Some(Err(err)) => break Err(err),
+                // Always read the stream, even when every slot is busy or
+                // consuming is paused: its end is how a broken session is
+                // noticed.
+                next = consumer.next() => match next {
+                    Some(Ok(delivery)) => waiting.push_back(delivery),
+                    Some(Err(err)) => break Err(err.into()),
                     None => break Ok(Ended::Cancelled),
                 },
+                _ = liveness.tick() => {
+                    if !connection.status().connected() || !channel.status().connected() {
+                        break Err(SessionError::ConnectionLost);
+                    }
+                }
             }
         };
-        // The messages in hand are finished (and acked) even if shutdown
-        // began or the session broke; a failed ack leaves the message to the
-        // broker, which redelivers it.
-        while let Some(done) = in_hand.next().await {
-            if let Err(err) = done {
-                tracing::warn!(error = %err, "could not acknowledge a delivery; the broker will redeliver it");
-            }
-        }
+        // Not consuming any more, whatever happens to the deliveries in hand.
         self.status.set(false);
         self.metrics.connected.set(0);
         if matches!(ended, Ok(Ended::Shutdown)) {
+            // Finish (and acknowledge) what is in hand; every step is
+            // bounded, and the whole drain by the shutdown grace period.
+            let drained = tokio::time::timeout(self.config.shutdown_grace, async {
+                while let Some(done) = in_hand.next().await {
+                    if let Err(err) = done {
+                        tracing::warn!(error = %ErrorChain(&err), "could not acknowledge a delivery; the broker will redeliver it");
+                    }
+                }
+            })
+            .await;
+            if drained.is_err() {
+                tracing::warn!(
+                    abandoned = in_hand.len(),
+                    "deliveries in hand did not finish within the shutdown grace period; the broker will redeliver them"
+                );
+            }
             tracing::info!(queue = %self.config.queue, "stopping the consumer");
             let _ = tokio::time::timeout(
-                CLOSE_TIMEOUT,
+                limit,
                 channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()),
             )
             .await;
+        } else {
+            // The channel is gone: nothing in hand can be acknowledged. A
+            // store under way may finish (one duplicate fewer later); the
+            // rest is dropped, the broker redelivers it.
+            let drained = tokio::time::timeout(BROKEN_DRAIN, async {
+                while let Some(done) = in_hand.next().await {
+                    if let Err(err) = done {
+                        tracing::debug!(error = %ErrorChain(&err), "delivery not acknowledged; the broker will redeliver it");
+                    }
+                }
+            })
+            .await;
+            if drained.is_err() {
+                tracing::info!(
+                    abandoned = in_hand.len(),
+                    "deliveries in hand abandoned with their broken session; the broker will redeliver them"
+                );
+            }
         }
-        close(Some(&channel), &connection).await;
+        drop(in_hand);
+        drop(waiting);
+        close(Some(&channel), &connection, limit).await;
         ended
     }
 
@@ -306,7 +456,12 @@ impl Consumer {
     /// One delivery under a `process` consumer span, child of the
     /// publisher's trace context from the AMQP headers. An error means the
     /// channel is unusable (the acknowledgement could not be sent).
-    async fn handle(&self, delivery: Delivery, shutdown: &Shutdown) -> Result<(), lapin::Error> {
+    async fn handle(
+        &self,
+        delivery: Delivery,
+        shutdown: &Shutdown,
+        gate: &DatabaseGate,
+    ) -> Result<(), SessionError> {
         let span = tracing::info_span!(
             "process",
             otel.name = format!("process {}", self.config.queue),
@@ -329,7 +484,7 @@ impl Consumer {
             // Fails only when the span is disabled; nothing to do then.
             let _ = span.set_parent(parent);
         }
-        self.process(delivery, shutdown, span.clone())
+        self.process(delivery, shutdown, gate, span.clone())
             .instrument(span)
             .await
     }
@@ -338,8 +493,10 @@ impl Consumer {
         &self,
         delivery: Delivery,
         shutdown: &Shutdown,
+        gate: &DatabaseGate,
         span: tracing::Span,
-    ) -> Result<(), lapin::Error> {
+    ) -> Result<(), SessionError> {
+        let limit = self.config.broker_timeout;
         let event = match OrderEvent::decode(&delivery.data) {
             Ok(event) => event,
             Err(err) => {
@@ -360,22 +517,71 @@ impl Consumer {
                     .dead_lettered
                     .get_or_create(&ReasonLabels { reason })
                     .inc();
-                delivery
-                    .acker
-                    .reject(BasicRejectOptions { requeue: false })
-                    .await?;
+                bounded(
+                    "basic.reject",
+                    limit,
+                    delivery.acker.reject(BasicRejectOptions { requeue: false }),
+                )
+                .await?;
                 return Ok(());
             }
         };
         span.record("messaging.message.id", event.id.to_string());
         span.record("event.type", event.kind.as_str());
-        match self.service.record(&event).await {
+        // Held while the database is unreachable: leaves the gate when
+        // the store succeeds or this handler is dropped.
+        let mut waiting_for_database = None;
+        let mut pause = self.config.retry_delay;
+        let outcome = loop {
+            match self.service.record(&event).await {
+                Err(err) if err.is_unavailable() => {
+                    if waiting_for_database.is_none() {
+                        tracing::warn!(
+                            event_id = %event.id,
+                            error = %ErrorChain(&err),
+                            "database unreachable; holding the event until it answers (no delivery attempt spent)"
+                        );
+                        waiting_for_database = Some(gate.enter());
+                    }
+                    self.metrics.database_waits.inc();
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = shutdown.cancelled() => {
+                            // Give it back for the next consumer; a restart
+                            // costs one delivery at most.
+                            span.record("outcome", "requeued_on_shutdown");
+                            bounded(
+                                "basic.nack",
+                                limit,
+                                delivery.acker.nack(BasicNackOptions {
+                                    requeue: true,
+                                    ..Default::default()
+                                }),
+                            )
+                            .await?;
+                            return Ok(());
+                        }
+                    }
+                    pause = (pause * 2).min(self.config.retry_max.max(self.config.retry_delay));
+                }
+                other => break other,
+            }
+        };
+        if waiting_for_database.take().is_some() {
+            tracing::info!(event_id = %event.id, "database answered again; event handled");
+        }
+        match outcome {
             Ok(recorded) => {
                 let outcome = match recorded {
                     Recorded::Created(_) => "stored",
                     Recorded::Duplicate => "duplicate",
                 };
-                delivery.acker.ack(BasicAckOptions::default()).await?;
+                bounded(
+                    "basic.ack",
+                    limit,
+                    delivery.acker.ack(BasicAckOptions::default()),
+                )
+                .await?;
                 span.record("outcome", outcome);
                 self.metrics
                     .processed
@@ -406,13 +612,15 @@ impl Consumer {
                     _ = tokio::time::sleep(self.config.retry_delay) => {}
                     _ = shutdown.cancelled() => {}
                 }
-                delivery
-                    .acker
-                    .nack(BasicNackOptions {
+                bounded(
+                    "basic.nack",
+                    limit,
+                    delivery.acker.nack(BasicNackOptions {
                         requeue: true,
                         ..Default::default()
-                    })
-                    .await?;
+                    }),
+                )
+                .await?;
             }
             Err(err) => {
                 tracing::warn!(
@@ -426,10 +634,12 @@ impl Consumer {
                     .dead_lettered
                     .get_or_create(&ReasonLabels { reason: "invalid" })
                     .inc();
-                delivery
-                    .acker
-                    .reject(BasicRejectOptions { requeue: false })
-                    .await?;
+                bounded(
+                    "basic.reject",
+                    limit,
+                    delivery.acker.reject(BasicRejectOptions { requeue: false }),
+                )
+                .await?;
             }
         }
         Ok(())
@@ -455,11 +665,9 @@ fn delivery_count(delivery: &Delivery) -> i64 {
 
 /// Closes what a session opened, each step bounded (a dead connection
 /// fails fast anyway).
-async fn close(channel: Option<&Channel>, connection: &Connection) {
+async fn close(channel: Option<&Channel>, connection: &Connection, limit: Duration) {
     if let Some(channel) = channel {
-        let _ =
-            tokio::time::timeout(CLOSE_TIMEOUT, channel.close(200, "shutting down".into())).await;
+        let _ = tokio::time::timeout(limit, channel.close(200, "shutting down".into())).await;
     }
-    let _ =
-        tokio::time::timeout(CLOSE_TIMEOUT, connection.close(200, "shutting down".into())).await;
+    let _ = tokio::time::timeout(limit, connection.close(200, "shutting down".into())).await;
 }

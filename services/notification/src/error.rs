@@ -19,8 +19,16 @@ pub enum NotificationError {
 }
 
 impl NotificationError {
+    /// Whether the database could not be reached at all: the consumer holds
+    /// the event and waits for it, without spending a delivery attempt (an
+    /// outage says nothing about the message).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Unavailable(_))
+    }
+
     /// Whether handling the same event again may succeed (the consumer
-    /// requeues these and dead-letters the rest at once).
+    /// requeues these within the delivery limit and dead-letters the rest
+    /// at once).
     pub fn is_transient(&self) -> bool {
         matches!(self, Self::Unavailable(_) | Self::Database(_))
     }

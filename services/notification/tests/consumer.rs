@@ -1,5 +1,6 @@
 //! The consumer against the real broker and database: idempotency, poison
-//! messages, bounded retries, reconnects and a clean stop on SIGTERM.
+//! messages, bounded retries of what the database refuses, waiting out a
+//! database outage, reconnects and a clean stop on SIGTERM.
 
 mod common;
 
@@ -95,12 +96,19 @@ async fn poison_messages_are_dead_lettered_at_once_and_consuming_goes_on() {
     app.stop().await;
 }
 
+/// The database answers but refuses the insert (the table is renamed, as
+/// a bad migration would): that is not an outage, so each failure spends a
+/// delivery and the message is dead-lettered after the limit.
 #[tokio::test]
-async fn a_failing_handler_is_retried_a_bounded_number_of_times_then_dead_lettered() {
+async fn a_handler_the_database_refuses_is_retried_a_bounded_number_of_times_then_dead_lettered() {
     let app = TestApp::spawn().await;
     let user = Uuid::now_v7();
     let event = order_event(ORDER_CONFIRMED, user);
-    app.db_proxy.cut();
+    let pool = app.db.pool().await;
+    sqlx::query("ALTER TABLE notifications RENAME TO notifications_moved")
+        .execute(&pool)
+        .await
+        .unwrap();
     app.publish(&event).await;
     let dead = app.wait_dead_letters(1, 20).await;
     assert_eq!(dead.len(), 1);
@@ -115,7 +123,11 @@ async fn a_failing_handler_is_retried_a_bounded_number_of_times_then_dead_letter
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(metric(&app.metrics().await, RETRIED, &[]), retried);
 
-    app.db_proxy.restore();
+    sqlx::query("ALTER TABLE notifications_moved RENAME TO notifications")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
     assert_eq!(app.rows_for_event(event.id).await, 0);
     let next = order_event(ORDER_CONFIRMED, user);
     app.publish(&next).await;
@@ -131,14 +143,20 @@ async fn a_database_outage_shorter_than_the_retries_loses_nothing() {
     let event = order_event(ORDER_CONFIRMED, user);
     app.db_proxy.cut();
     app.publish(&event).await;
-    wait_for("a failed attempt", 10, || async {
-        metric(&app.metrics().await, RETRIED, &[]) >= 1.0
+    wait_for("the consumer to wait for the database", 10, || async {
+        metric(
+            &app.metrics().await,
+            "stockmesh_notification_database_waits_total",
+            &[],
+        ) >= 1.0
     })
     .await;
     app.db_proxy.restore();
     app.wait_stored(event.id).await;
     assert_eq!(app.rows_for_event(event.id).await, 1);
     assert!(app.dead_letters().await.is_empty());
+    // An outage spends no delivery attempt.
+    assert_eq!(metric(&app.metrics().await, RETRIED, &[]), 0.0);
     let (status, _) = app.readiness().await;
     assert_eq!(status, StatusCode::OK);
     app.stop().await;
@@ -368,15 +386,18 @@ async fn sigterm_finishes_the_message_in_hand_and_exits_cleanly() {
 }
 
 /// The broker connection proposes small frames (lapin buffers 32 frames
-/// each way per connection), unless `AMQP_URL` asks for another size.
+/// each way per connection) and heartbeats, unless `AMQP_URL` asks for
+/// other values.
 #[tokio::test]
-async fn connections_negotiate_small_frames_unless_the_url_says_otherwise() {
-    use stockmesh_platform::broker::{self, BrokerConfig, FRAME_MAX};
+async fn connections_negotiate_small_frames_and_heartbeats_unless_the_url_says_otherwise() {
+    use stockmesh_platform::broker::{self, BrokerConfig, FRAME_MAX, HEARTBEAT_SECS};
     let url = stockmesh_testkit::infra().amqp_url.clone();
     let connection = broker::connect(&BrokerConfig { url: url.clone() }, "frame-test")
         .await
         .expect("connect");
     assert_eq!(connection.configuration().frame_max(), FRAME_MAX);
+    // Heartbeats are on, so a dead connection is noticed in seconds.
+    assert_eq!(connection.configuration().heartbeat(), HEARTBEAT_SECS);
     let _ = connection.close(200, "done".into()).await;
 
     let separator = if url.contains('?') { '&' } else { '?' };

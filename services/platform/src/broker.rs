@@ -48,7 +48,21 @@ impl BrokerConfig {
 /// cost 1 MiB; larger messages are simply split over more frames.
 pub const FRAME_MAX: u32 = 16 * 1024;
 
-/// One connection attempt, with a connect timeout.
+/// The heartbeat interval this client proposes, in seconds (unless
+/// `AMQP_URL` sets `?heartbeat=`; the broker may lower it). Without
+/// heartbeats a connection whose peer vanished without closing it (a node
+/// frozen or cut off, a NAT entry dropped) looks alive until the kernel's
+/// TCP timeout, many minutes: a consumer would sit on it consuming nothing
+/// and a publisher would wait for confirms that never come. lapin closes the
+/// connection after two intervals of silence, so a dead broker is noticed
+/// within about 20 s.
+pub const HEARTBEAT_SECS: u16 = 10;
+
+/// How long one connection attempt (TCP, TLS, AMQP handshake) may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One connection attempt, bounded by [`CONNECT_TIMEOUT`], proposing
+/// [`FRAME_MAX`] and [`HEARTBEAT_SECS`] unless the URL says otherwise.
 pub async fn connect(config: &BrokerConfig, name: &str) -> Result<Connection, lapin::Error> {
     let properties = ConnectionProperties::default()
         .with_connection_name(LongString::from(format!("stockmesh-{name}")));
@@ -63,12 +77,10 @@ pub async fn connect(config: &BrokerConfig, name: &str) -> Result<Connection, la
     if uri.query.frame_max.is_none() {
         uri.query.frame_max = Some(FRAME_MAX);
     }
-    match tokio::time::timeout(
-        Duration::from_secs(5),
-        Connection::connect_uri(uri, properties),
-    )
-    .await
-    {
+    if uri.query.heartbeat.is_none() {
+        uri.query.heartbeat = Some(HEARTBEAT_SECS);
+    }
+    match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect_uri(uri, properties)).await {
         Ok(result) => result,
         Err(_) => Err(lapin::Error::from(lapin::ErrorKind::IOError(
             std::sync::Arc::new(std::io::Error::new(

@@ -7,6 +7,11 @@
 //!   afterwards, so tests run in parallel and leave nothing behind.
 //! - [`TcpProxy`]: a loopback proxy a test can cut and restore, to make a
 //!   real dependency unreachable without stopping a shared server.
+//! - [`rabbit::PrivateBroker`]: a RabbitMQ node of one test's own, for real
+//!   broker faults (restart, memory alarm, frozen node) that must never be
+//!   injected into the shared broker.
+
+pub mod rabbit;
 
 use std::path::PathBuf;
 use std::process::Command;

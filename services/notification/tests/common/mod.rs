@@ -69,7 +69,12 @@ pub fn unique_queue() -> String {
 
 /// Opens a direct broker connection with a confirming channel.
 pub async fn broker_channel() -> (Connection, Channel) {
-    let amqp = Connection::connect(&infra().amqp_url, ConnectionProperties::default())
+    broker_channel_on(&infra().amqp_url).await
+}
+
+/// [`broker_channel`] on the broker at `amqp_url`.
+pub async fn broker_channel_on(amqp_url: &str) -> (Connection, Channel) {
+    let amqp = Connection::connect(amqp_url, ConnectionProperties::default())
         .await
         .expect("test broker reachable");
     let channel = amqp.create_channel().await.expect("channel");
@@ -195,17 +200,23 @@ impl TestApp {
     }
 
     pub async fn spawn_with(extra: &[(&str, &str)]) -> Self {
+        Self::spawn_on(&infra().amqp_url, extra).await
+    }
+
+    /// An app (and the test's own connection) on the broker at `broker_url`
+    /// instead of the shared one: a private node a test may restart.
+    pub async fn spawn_on(broker_url: &str, extra: &[(&str, &str)]) -> Self {
         let db = TestDatabase::create().await;
         let keys = TestKeys::generate();
         let (pg_addr, pg_port) = socket_addr(&db.url);
-        let (amqp_addr, amqp_port) = socket_addr(&infra().amqp_url);
+        let (amqp_addr, amqp_port) = socket_addr(broker_url);
         let db_proxy = TcpProxy::start(pg_addr).await;
         let amqp_proxy = TcpProxy::start(amqp_addr).await;
         let queue = unique_queue();
         let prefix = format!("test-{}", Uuid::new_v4().simple());
         let bindings = format!("{prefix}.order.*");
         let db_url = db_proxy.url_for(&db.url, pg_port);
-        let amqp_url = amqp_proxy.url_for(&infra().amqp_url, amqp_port);
+        let amqp_url = amqp_proxy.url_for(broker_url, amqp_port);
         let delivery_limit = DELIVERY_LIMIT.to_string();
         let mut vars: HashMap<String, String> = [
             ("HTTP_ADDR", "127.0.0.1:0"),
@@ -232,7 +243,7 @@ impl TestApp {
         let addr = app.http_addr();
         let shutdown = Shutdown::new();
         let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
-        let (amqp, channel) = broker_channel().await;
+        let (amqp, channel) = broker_channel_on(broker_url).await;
         let app = Self {
             db,
             addr,
