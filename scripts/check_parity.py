@@ -19,7 +19,12 @@ reference for both):
   - pod and container securityContext (exactly);
   - image, imagePullPolicy, replicas, resources, the pod flags
     (automountServiceAccountToken, enableServiceLinks,
-    terminationGracePeriodSeconds), the selector, volumes and mounts.
+    terminationGracePeriodSeconds), the selector, volumes and mounts;
+  - the container's lifecycle hooks (the preStop drain: httpGet /drain on
+    port http), and, on each side by itself, that the shutdown numbers agree:
+    terminationGracePeriodSeconds == ceil((SHUTDOWN_DRAIN_MS +
+    SHUTDOWN_GRACE_MS) / 1000) + 5 (issue 14), so kubelet never kills a pod
+    inside its own drain and grace.
 
 Not compared, on purpose: labels and annotations (managed-by, helm.sh/chart,
 the config-hash is computed differently), serviceAccountName, scheduling
@@ -41,6 +46,9 @@ SERVICES = ["user", "product", "inventory", "order", "notification"]
 PROBES = ["startupProbe", "livenessProbe", "readinessProbe"]
 PROBE_DEFAULTS = {"initialDelaySeconds": 0, "timeoutSeconds": 1, "periodSeconds": 10,
                   "successThreshold": 1, "failureThreshold": 3}
+
+# Seconds a pod needs after drain + grace (exit, span flush); both sides add it.
+TERMINATION_MARGIN_SECONDS = 5
 
 problems: list[str] = []
 
@@ -71,6 +79,38 @@ def norm_probe(p):
     if "exec" in p:
         out["exec"] = p["exec"]
     return out
+
+
+def norm_lifecycle(lc):
+    """Hooks with the API server's defaults filled in (httpGet scheme)."""
+    out = {}
+    for hook, handler in sorted((lc or {}).items()):
+        h = dict(handler)
+        if "httpGet" in h:
+            g = h["httpGet"]
+            h["httpGet"] = {"path": g.get("path"), "port": g.get("port"),
+                            "scheme": g.get("scheme", "HTTP")}
+        out[hook] = h
+    return out
+
+
+def check_shutdown(label, pod, container):
+    """One renderer's shutdown numbers agree with each other."""
+    env = {e["name"]: e.get("value") for e in container.get("env", []) if "value" in e}
+    try:
+        drain, grace = int(env["SHUTDOWN_DRAIN_MS"]), int(env["SHUTDOWN_GRACE_MS"])
+    except (KeyError, TypeError, ValueError):
+        problems.append(f"{label}: SHUTDOWN_DRAIN_MS / SHUTDOWN_GRACE_MS not set as literal numbers")
+        return
+    want = -(-(drain + grace) // 1000) + TERMINATION_MARGIN_SECONDS
+    have = pod.get("terminationGracePeriodSeconds", 30)
+    if have != want:
+        problems.append(f"{label}: terminationGracePeriodSeconds {have}, want {want} "
+                        f"(drain {drain} ms + grace {grace} ms + {TERMINATION_MARGIN_SECONDS} s)")
+    pre_stop = norm_lifecycle(container.get("lifecycle")).get("preStop")
+    want_hook = {"httpGet": {"path": "/drain", "port": "http", "scheme": "HTTP"}}
+    if pre_stop != want_hook:
+        problems.append(f"{label}: preStop {pre_stop!r}, want {want_hook!r}")
 
 
 def env_sources(container, configmaps):
@@ -149,6 +189,9 @@ def compare_deployment(svc, op_dep, ch_dep, op_cms, ch_cms):
     compare(f"{cl}: ports (name, port, protocol)", ports(oc), ports(cc))
     for p in PROBES:
         compare(f"{cl}: {p}", norm_probe(oc.get(p)), norm_probe(cc.get(p)))
+    compare(f"{cl}: lifecycle", norm_lifecycle(oc.get("lifecycle")), norm_lifecycle(cc.get("lifecycle")))
+    check_shutdown(f"{cl} (operator)", op_pod, oc)
+    check_shutdown(f"{cl} (chart)", ch_pod, cc)
     oe, ce = env_sources(oc, op_cms), env_sources(cc, ch_cms)
     only_op, only_ch = sorted(set(oe) - set(ce)), sorted(set(ce) - set(oe))
     if only_op:

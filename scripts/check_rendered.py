@@ -142,14 +142,16 @@ def env_map(container):
     return out
 
 
-def expected_env(name, svc, *, tracing, tls, db_ref, amqp_ref):
+def expected_env(name, svc, *, tracing, tls, db_ref, amqp_ref, shutdown):
     cm = f"{name}-config"
     e = {
         "HTTP_ADDR": ("value", "0.0.0.0:8080"),
         "LOG_FORMAT": ("value", "json"),
         "RUST_LOG": ("configmap", cm, "RUST_LOG"),
         "DATABASE_URL": ("secret",) + db_ref,
-        "SHUTDOWN_GRACE_MS": ("value", "20000"),
+        "DATABASE_ACQUIRE_TIMEOUT_MS": ("value", "1000"),
+        "SHUTDOWN_DRAIN_MS": ("value", str(shutdown[0])),
+        "SHUTDOWN_GRACE_MS": ("value", str(shutdown[1])),
         "REQUEST_TIMEOUT_MS": ("configmap", cm, "REQUEST_TIMEOUT_MS"),
         "POD_NAME": ("field", "metadata.name"),
         "POD_NAMESPACE": ("field", "metadata.namespace"),
@@ -178,6 +180,16 @@ def expected_env(name, svc, *, tracing, tls, db_ref, amqp_ref):
     if svc in AMQP:
         e["AMQP_URL"] = ("secret",) + amqp_ref
     return e
+
+
+def shutdown_numbers(container, label):
+    """(SHUTDOWN_DRAIN_MS, SHUTDOWN_GRACE_MS) as the container sets them."""
+    env = {e["name"]: e.get("value") for e in container.get("env", [])}
+    try:
+        return int(env["SHUTDOWN_DRAIN_MS"]), int(env["SHUTDOWN_GRACE_MS"])
+    except (KeyError, TypeError, ValueError):
+        problem(f"{label}: SHUTDOWN_DRAIN_MS / SHUTDOWN_GRACE_MS are not literal numbers")
+        return 5000, 20000
 
 
 def probe_is(probe, kind, *, path=None, period, failure, label):
@@ -228,8 +240,17 @@ def check_stockmesh(docs, mode, tls):
                 problem(f"{label}: pod securityContext.{k} is {psc.get(k)!r}, want {v!r}")
         if pod.get("automountServiceAccountToken") is not False:
             problem(f"{label}: automountServiceAccountToken is not false")
-        if pod.get("terminationGracePeriodSeconds") != 30:
-            problem(f"{label}: terminationGracePeriodSeconds is not 30")
+        # Shutdown (issue 14): the preStop drain, then the grace period, then
+        # 5 s for the exit; kubelet must not kill a pod inside its sequence.
+        shutdown = shutdown_numbers(pod["containers"][0], label)
+        want_grace = -(-sum(shutdown) // 1000) + 5
+        if pod.get("terminationGracePeriodSeconds") != want_grace:
+            problem(f"{label}: terminationGracePeriodSeconds is "
+                    f"{pod.get('terminationGracePeriodSeconds')}, want {want_grace} "
+                    f"(drain {shutdown[0]} ms + grace {shutdown[1]} ms + 5 s)")
+        pre_stop = ((pod["containers"][0].get("lifecycle") or {}).get("preStop") or {}).get("httpGet") or {}
+        if pre_stop.get("path") != "/drain" or pre_stop.get("port") != "http":
+            problem(f"{label}: preStop is not httpGet /drain on port http")
         c = pod["containers"][0]
         ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
         want_ports = {"http": 8080, **({"grpc": 50051} if svc in GRPC else {})}
@@ -243,7 +264,8 @@ def check_stockmesh(docs, mode, tls):
             db_ref = ("stockmesh-database-urls", f"{svc}-url")
             amqp_ref = ("stockmesh-amqp", "url")
         got = env_map(c)
-        want = expected_env(name, svc, tracing=tracing, tls=tls, db_ref=db_ref, amqp_ref=amqp_ref)
+        want = expected_env(name, svc, tracing=tracing, tls=tls, db_ref=db_ref, amqp_ref=amqp_ref,
+                            shutdown=shutdown)
         for k, v in want.items():
             if k not in got:
                 problem(f"{label}: env {k} missing (contract: {v})")

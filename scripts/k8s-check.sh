@@ -196,6 +196,17 @@ else
     sed 's#path: /readyz#path: /ready#' "$OUT/parity-chart.yaml" >"$OUT/parity-broken.yaml"
     run "parity: a changed readiness path is reported" \
         fails "$PY" scripts/check_parity.py "$OUT/parity-operator.yaml" "$OUT/parity-broken.yaml"
+    # ... and a grace period out of step with drain + grace, even when both
+    # sides carry the same wrong number, and a missing preStop drain.
+    sed 's#terminationGracePeriodSeconds: 28#terminationGracePeriodSeconds: 60#' \
+        "$OUT/parity-operator.yaml" >"$OUT/parity-op-grace.yaml"
+    sed 's#terminationGracePeriodSeconds: 28#terminationGracePeriodSeconds: 60#' \
+        "$OUT/parity-chart.yaml" >"$OUT/parity-chart-grace.yaml"
+    run "parity: terminationGracePeriodSeconds out of step with the shutdown numbers is reported" \
+        fails "$PY" scripts/check_parity.py "$OUT/parity-op-grace.yaml" "$OUT/parity-chart-grace.yaml"
+    sed 's#path: /drain#path: /drained#' "$OUT/parity-chart.yaml" >"$OUT/parity-chart-hook.yaml"
+    run "parity: a changed preStop hook is reported" \
+        fails "$PY" scripts/check_parity.py "$OUT/parity-operator.yaml" "$OUT/parity-chart-hook.yaml"
     run "validate $STOCKMESH (parity values)" validate "$OUT/parity-chart.yaml"
     run "stockmesh (parity values): contract" check stockmesh "$OUT/parity-chart.yaml" --tls
 fi

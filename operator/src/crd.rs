@@ -564,6 +564,10 @@ pub struct ResilienceSpec {
     /// Circuit breaker on calls between services.
     #[serde(default)]
     pub breaker: BreakerSpec,
+    /// How a service pod stops (rolling updates, deletions): drain first,
+    /// then finish in-flight work.
+    #[serde(default)]
+    pub shutdown: ShutdownSpec,
 }
 
 impl Default for ResilienceSpec {
@@ -571,8 +575,46 @@ impl Default for ResilienceSpec {
         Self {
             request_timeout_ms: default_request_timeout_ms(),
             breaker: BreakerSpec::default(),
+            shutdown: ShutdownSpec::default(),
         }
     }
+}
+
+/// The shutdown sequence of every service pod. The preStop hook (`GET
+/// /drain`) makes the pod report not-ready while it keeps serving for
+/// `drainMs`, so endpoints and load balancers stop routing to it before it
+/// stops accepting; then it has `graceMs` to finish in-flight work. The pod's
+/// `terminationGracePeriodSeconds` is derived from both (plus 5 s for the
+/// exit itself).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ShutdownSpec {
+    /// Drain window, in milliseconds (`SHUTDOWN_DRAIN_MS`): longer than it
+    /// takes the cluster to propagate an endpoint change.
+    #[serde(default = "default_drain_ms")]
+    #[schemars(range(min = 0, max = 120000))]
+    pub drain_ms: i64,
+    /// Upper bound for finishing in-flight work once the listeners are
+    /// closed, in milliseconds (`SHUTDOWN_GRACE_MS`).
+    #[serde(default = "default_grace_ms")]
+    #[schemars(range(min = 1000, max = 600000))]
+    pub grace_ms: i64,
+}
+
+impl Default for ShutdownSpec {
+    fn default() -> Self {
+        Self {
+            drain_ms: default_drain_ms(),
+            grace_ms: default_grace_ms(),
+        }
+    }
+}
+
+fn default_drain_ms() -> i64 {
+    5_000
+}
+fn default_grace_ms() -> i64 {
+    20_000
 }
 
 fn default_request_timeout_ms() -> i64 {

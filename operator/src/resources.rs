@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 
 use crate::crd::{
     InventorySystem, InventorySystemSpec, ManagedPostgres, ManagedRabbitMq, ResourcesSpec,
+    ShutdownSpec,
 };
 use crate::names::{self, Svc};
 use crate::secrets;
@@ -199,6 +200,12 @@ pub fn validate(obj: &InventorySystem) -> Vec<String> {
     }
     if !(100..=3_600_000).contains(&spec.resilience.breaker.open_ms) {
         problems.push("resilience.breaker.openMs must be between 100 and 3600000".into());
+    }
+    if !(0..=120_000).contains(&spec.resilience.shutdown.drain_ms) {
+        problems.push("resilience.shutdown.drainMs must be between 0 and 120000".into());
+    }
+    if !(1_000..=600_000).contains(&spec.resilience.shutdown.grace_ms) {
+        problems.push("resilience.shutdown.graceMs must be between 1000 and 600000".into());
     }
     problems
 }
@@ -865,7 +872,18 @@ fn service_env(ctx: &Ctx<'_>, svc: Svc) -> Vec<Value> {
         env_value("LOG_FORMAT", "json"),
         env_config(ctx, "RUST_LOG"),
         env_secret("DATABASE_URL", &names::db_secret(name, svc), "url"),
-        env_value("SHUTDOWN_GRACE_MS", "20000"),
+        env_value(
+            "DATABASE_ACQUIRE_TIMEOUT_MS",
+            &DATABASE_ACQUIRE_TIMEOUT_MS.to_string(),
+        ),
+        env_value(
+            "SHUTDOWN_DRAIN_MS",
+            &ctx.spec.resilience.shutdown.drain_ms.to_string(),
+        ),
+        env_value(
+            "SHUTDOWN_GRACE_MS",
+            &ctx.spec.resilience.shutdown.grace_ms.to_string(),
+        ),
         env_config(ctx, "REQUEST_TIMEOUT_MS"),
     ]);
     if ctx.spec.tracing.otlp_endpoint.is_some() {
@@ -944,6 +962,33 @@ fn service_env(ctx: &Ctx<'_>, svc: Svc) -> Vec<Value> {
     env
 }
 
+/// A request waits at most this long for a pooled database connection: while
+/// the database is down, requests are answered 503 + Retry-After within about
+/// a second, sooner than a gRPC caller's per-call deadline (2 s), so product
+/// and inventory answer UNAVAILABLE rather than letting order time out. The
+/// chart sets the same.
+const DATABASE_ACQUIRE_TIMEOUT_MS: i64 = 1_000;
+
+/// What a pod needs after its shutdown phases, in seconds: the exit itself
+/// (closing pools, flushing spans, bounded at 5 s by the services).
+const TERMINATION_MARGIN_SECONDS: i64 = 5;
+
+/// `terminationGracePeriodSeconds` of a service pod: the drain window (the
+/// preStop hook), the grace period for in-flight work, the margin, so
+/// kubelet never SIGKILLs a pod that is still inside its own sequence. The
+/// chart computes the same.
+pub fn termination_grace_seconds(shutdown: &ShutdownSpec) -> i64 {
+    (shutdown.drain_ms + shutdown.grace_ms + 999) / 1000 + TERMINATION_MARGIN_SECONDS
+}
+
+/// The preStop hook: `GET /drain` turns readiness false and answers when the
+/// drain window is over; kubelet sends SIGTERM after it. An HTTP hook
+/// because the images have no shell (no `exec sleep`) and clusters before
+/// 1.29 have no `sleep` hook.
+fn pre_stop_drain() -> Value {
+    json!({"preStop": {"httpGet": {"path": "/drain", "port": "http"}}})
+}
+
 fn http_probe(path: &str, period: i32, failure: i32) -> Value {
     json!({"httpGet": {"path": path, "port": "http"}, "periodSeconds": period, "failureThreshold": failure})
 }
@@ -1003,7 +1048,8 @@ fn deployment(ctx: &Ctx<'_>, svc: Svc, config_hash: &str) -> Desired {
                     "spec": {
                         "automountServiceAccountToken": false,
                         "enableServiceLinks": false,
-                        "terminationGracePeriodSeconds": 30,
+                        "terminationGracePeriodSeconds":
+                            termination_grace_seconds(&ctx.spec.resilience.shutdown),
                         "securityContext": pod_security_context(65532),
                         "containers": [{
                             "name": svc.as_str(),
@@ -1014,6 +1060,7 @@ fn deployment(ctx: &Ctx<'_>, svc: Svc, config_hash: &str) -> Desired {
                             "startupProbe": startup,
                             "livenessProbe": liveness,
                             "readinessProbe": readiness,
+                            "lifecycle": pre_stop_drain(),
                             "resources": resources_json(&spec.resources),
                             "securityContext": container_security_context(),
                             "volumeMounts": mounts,

@@ -178,7 +178,8 @@ fn deployments_follow_the_deployment_contract() {
         let pod = &d["spec"]["template"]["spec"];
         let c = &pod["containers"][0];
         assert_eq!(c["image"], format!("ghcr.io/stockmesh/{svc}:0.1.0"));
-        assert_eq!(pod["terminationGracePeriodSeconds"], 30);
+        // full.yaml: drain 8000 ms + grace 15000 ms + 5 s for the exit.
+        assert_eq!(pod["terminationGracePeriodSeconds"], 28);
         assert_eq!(pod["securityContext"]["runAsUser"], 65532);
         assert_eq!(pod["securityContext"]["fsGroup"], 65532);
         let ports: Vec<(String, i64)> = c["ports"]
@@ -254,7 +255,14 @@ fn deployments_follow_the_deployment_contract() {
             env(d, "RUST_LOG")["valueFrom"]["configMapKeyRef"]["name"],
             "shop-config"
         );
-        assert_eq!(env(d, "SHUTDOWN_GRACE_MS")["value"], "20000");
+        assert_eq!(env(d, "SHUTDOWN_DRAIN_MS")["value"], "8000");
+        assert_eq!(env(d, "SHUTDOWN_GRACE_MS")["value"], "15000");
+        assert_eq!(env(d, "DATABASE_ACQUIRE_TIMEOUT_MS")["value"], "1000");
+        // The preStop hook drains over HTTP (no shell in the images).
+        assert_eq!(
+            c["lifecycle"]["preStop"]["httpGet"],
+            serde_json::json!({"path": "/drain", "port": "http"})
+        );
         assert_eq!(
             env(d, "OTEL_TRACES_SAMPLER")["value"],
             "parentbased_traceidratio"
@@ -654,4 +662,42 @@ fn a_config_change_changes_the_pod_template_hash() {
     };
     assert_eq!(hash(&base), hash(&base));
     assert_ne!(hash(&base), hash(&changed));
+}
+
+/// terminationGracePeriodSeconds follows the shutdown numbers (drain +
+/// grace + 5 s), and numbers out of range are refused.
+#[test]
+fn termination_grace_follows_the_shutdown_numbers() {
+    let base = example("minimal.yaml");
+    let grace_of = |text: &str| {
+        let objs = render_objects(text, &RenderOptions::default()).expect("renders");
+        let d = find(&objs, Kind::Deployment, "shop-order").clone();
+        (
+            d["spec"]["template"]["spec"]["terminationGracePeriodSeconds"].clone(),
+            env(&d, "SHUTDOWN_DRAIN_MS")["value"].clone(),
+        )
+    };
+    // Defaults: 5000 + 20000 ms, + 5 s.
+    assert_eq!(
+        grace_of(&base),
+        (serde_json::json!(30), serde_json::json!("5000"))
+    );
+    let custom = base.replace(
+        "spec: {}",
+        "spec:\n  resilience:\n    shutdown:\n      drainMs: 2500\n      graceMs: 1000",
+    );
+    // ceil(3.5 s) + 5 s.
+    assert_eq!(
+        grace_of(&custom),
+        (serde_json::json!(9), serde_json::json!("2500"))
+    );
+    let invalid = base.replace(
+        "spec: {}",
+        "spec:\n  resilience:\n    shutdown:\n      drainMs: 600000",
+    );
+    let err = render_objects(&invalid, &RenderOptions::default())
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains("resilience.shutdown.drainMs"), "{err}");
 }
