@@ -128,3 +128,97 @@ async fn follow_readiness(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shutdown::Signal;
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus as Status;
+    use tonic_health::pb::health_client::HealthClient;
+
+    async fn status(channel: tonic::transport::Channel) -> Option<Status> {
+        let answer = HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .ok()?;
+        Status::try_from(answer.into_inner().status).ok()
+    }
+
+    /// Real sockets, real time: NOT_SERVING from the first moment of the
+    /// drain on a connection that keeps working; after the window the port
+    /// refuses and the server has finished.
+    #[tokio::test]
+    async fn health_turns_not_serving_at_once_and_the_port_closes_after_the_drain() {
+        let drain = Duration::from_millis(1500);
+        let shutdown = Shutdown::new().with_drain(drain);
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let server = shutdown.spawn(serve(
+            listener,
+            Routes::default(),
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+            GrpcSettings {
+                request_timeout: Duration::from_secs(5),
+                max_concurrent_requests: 8,
+                service_names: vec!["test.Service"],
+            },
+            Readiness::new(shutdown.clone()),
+            Metrics::new("test"),
+            shutdown.clone(),
+        ));
+        let (signals, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn({
+            let s = shutdown.clone();
+            async move { s.follow_signals(rx).await }
+        });
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connects");
+        let mut serving = false;
+        for _ in 0..50 {
+            if status(channel.clone()).await == Some(Status::Serving) {
+                serving = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(serving, "SERVING once ready");
+
+        let signalled = std::time::Instant::now();
+        signals.send(Signal::Terminate).expect("signal sent");
+        let mut not_serving = false;
+        while signalled.elapsed() < Duration::from_millis(500) {
+            if status(channel.clone()).await == Some(Status::NotServing) {
+                not_serving = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(not_serving, "NOT_SERVING within 500 ms of SIGTERM");
+        assert!(
+            signalled.elapsed() < drain,
+            "answered on the same connection, inside the drain window"
+        );
+        assert!(
+            tokio::net::TcpStream::connect(addr).await.is_ok(),
+            "still accepting during the drain"
+        );
+
+        shutdown.cancelled().await;
+        assert!(shutdown.drained(Duration::from_secs(5)).await);
+        assert!(matches!(server.await, Ok(Ok(()))));
+        assert_eq!(
+            tokio::net::TcpStream::connect(addr)
+                .await
+                .err()
+                .map(|e| e.kind()),
+            Some(std::io::ErrorKind::ConnectionRefused),
+            "the listener is closed after the drain"
+        );
+    }
+}
