@@ -11,6 +11,7 @@
 //!   broker faults (restart, memory alarm, frozen node) that must never be
 //!   injected into the shared broker.
 
+pub mod postgres;
 pub mod rabbit;
 
 use std::path::PathBuf;

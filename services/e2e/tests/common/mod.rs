@@ -170,6 +170,8 @@ unsafe extern "C" {
 }
 
 const SIGTERM: i32 = 15;
+const SIGSTOP: i32 = 19;
+const SIGCONT: i32 = 18;
 
 /// One service binary: how to start it (kept, so a restart uses the same
 /// environment, database, ports and queue) and the running child, if any.
@@ -258,6 +260,16 @@ impl Process {
         }
     }
 
+    /// SIGSTOP (`true`) or SIGCONT (`false`): the process freezes with its
+    /// sockets open, as a paused container or a stalled node does.
+    pub fn freeze(&self, frozen: bool) {
+        let Some(pid) = self.pid().and_then(|pid| i32::try_from(pid).ok()) else {
+            return;
+        };
+        // SAFETY: kill(2) on our own child, which has not been reaped yet.
+        unsafe { kill(pid, if frozen { SIGSTOP } else { SIGCONT }) };
+    }
+
     /// Sends SIGTERM (the start of a graceful drain); see [`Process::reap`].
     pub fn terminate(&self) {
         let Some(pid) = self.pid().and_then(|pid| i32::try_from(pid).ok()) else {
@@ -299,6 +311,7 @@ pub struct StackBuilder {
     extra: HashMap<Svc, Vec<(String, String)>>,
     balanced: bool,
     database_proxy: bool,
+    broker: Option<String>,
 }
 
 /// The balancers in front of one service (see [`StackBuilder::balanced`])
@@ -324,6 +337,13 @@ impl StackBuilder {
     /// refuse connections without touching the shared server.
     pub fn database_through_proxy(mut self) -> Self {
         self.database_proxy = true;
+        self
+    }
+
+    /// Order and notification use the broker at `amqp_url` (a private
+    /// node a test may stop and start) instead of the shared test broker.
+    pub fn broker(mut self, amqp_url: &str) -> Self {
+        self.broker = Some(amqp_url.to_owned());
         self
     }
 
@@ -374,7 +394,10 @@ impl StackBuilder {
             }
         }
         let admin_password = format!("admin-{id}");
-        let amqp = infra().amqp_url.clone();
+        let amqp = self
+            .broker
+            .clone()
+            .unwrap_or_else(|| infra().amqp_url.clone());
 
         let db_proxy = if self.database_proxy {
             let (_, port) = host_port(&dbs[&Svc::Inventory].url).expect("database URL has a port");
@@ -434,6 +457,10 @@ impl StackBuilder {
                 Svc::Inventory => {}
                 Svc::User => env.extend([
                     ("JWT_PRIVATE_KEY", keys.private_pem.clone()),
+                    // Every test client is 127.0.0.1: the per-client limits
+                    // are tested in services/user, not here.
+                    ("LOGIN_RATE_PER_CLIENT", "100000".into()),
+                    ("REGISTER_RATE_PER_CLIENT", "100000".into()),
                     ("STOCKMESH_ADMIN_EMAIL", ADMIN_EMAIL.into()),
                     ("STOCKMESH_ADMIN_PASSWORD", admin_password.clone()),
                 ]),
@@ -481,6 +508,7 @@ impl StackBuilder {
             dbs,
             keys,
             queue,
+            amqp,
             log_dir,
             admin_password,
             http: reqwest::Client::builder()
@@ -519,6 +547,8 @@ pub struct Stack {
     pub keys: TestKeys,
     /// The notification binary's queue on the shared broker.
     pub queue: String,
+    /// The broker order and notification use.
+    pub amqp: String,
     pub log_dir: PathBuf,
     admin_password: String,
     pub http: reqwest::Client,
@@ -551,6 +581,11 @@ impl Stack {
         self.procs
             .get_mut(&svc)
             .expect("every service has a process")
+    }
+
+    /// The current process of `svc`, for signals ([`Process::freeze`]).
+    pub fn process_ref(&self, svc: Svc) -> &Process {
+        &self.procs[&svc]
     }
 
     /// `path` on the service: through its balancer when it has one.
@@ -840,13 +875,22 @@ impl Stack {
     /// Messages ready in the notification queue (passive declare on a
     /// direct broker connection).
     pub async fn queue_depth(&self) -> u32 {
-        let connection = Connection::connect(&infra().amqp_url, ConnectionProperties::default())
+        self.depth_of(&self.queue).await
+    }
+
+    /// Messages in the notification queue's dead-letter queue.
+    pub async fn dead_letter_depth(&self) -> u32 {
+        self.depth_of(&format!("{}.dead", self.queue)).await
+    }
+
+    async fn depth_of(&self, queue: &str) -> u32 {
+        let connection = Connection::connect(&self.amqp, ConnectionProperties::default())
             .await
             .expect("test broker reachable");
         let channel = connection.create_channel().await.expect("channel");
         let state = channel
             .queue_declare(
-                self.queue.as_str().into(),
+                queue.into(),
                 QueueDeclareOptions {
                     passive: true,
                     ..Default::default()
@@ -872,10 +916,10 @@ impl Stack {
     }
 }
 
-/// Deletes `<queue>` and `<queue>.dead` from the shared broker.
-fn delete_queues(queue: &str) {
+/// Deletes `<queue>` and `<queue>.dead` from the broker at `amqp`.
+fn delete_queues(queue: &str, amqp: &str) {
     let name = queue.to_owned();
-    let amqp = infra().amqp_url.clone();
+    let amqp = amqp.to_owned();
     // Drop may run inside a runtime: do the async work on a fresh thread.
     let deleted = std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -919,7 +963,7 @@ impl Drop for Stack {
         for process in self.procs.values_mut() {
             process.reap(deadline);
         }
-        delete_queues(&self.queue);
+        delete_queues(&self.queue, &self.amqp);
         if std::thread::panicking() {
             self.print_logs();
             eprintln!("e2e logs kept in {}", self.log_dir.display());
