@@ -23,6 +23,13 @@ pub struct OrderConfig {
     pub inventory: UpstreamConfig,
     /// Fallback poll period of the outbox relay (it is also woken on commit).
     pub relay_poll: Duration,
+    /// `OUTBOX_BROKER_TIMEOUT_MS`: bound on each wait of the relay on the
+    /// broker (opening a channel, publishing a batch, its confirms).
+    pub outbox_broker_timeout: Duration,
+    /// `OUTBOX_RETENTION_MS`: how long published outbox rows are kept.
+    pub outbox_retention: Duration,
+    /// `OUTBOX_PRUNE_INTERVAL_MS`: how often published rows are pruned.
+    pub outbox_prune_every: Duration,
     /// Period of the compensation sweeper.
     pub sweep_every: Duration,
     /// A PENDING order older than this is considered abandoned: failed and
@@ -50,6 +57,15 @@ impl OrderConfig {
         let inventory =
             UpstreamConfig::read(&mut env, "inventory", "INVENTORY", "http://127.0.0.1:50053");
         let relay_poll = env.millis("OUTBOX_POLL_MS", Duration::from_millis(500));
+        let outbox_broker_timeout = env.millis("OUTBOX_BROKER_TIMEOUT_MS", Duration::from_secs(5));
+        if outbox_broker_timeout.is_zero() {
+            env.problem("OUTBOX_BROKER_TIMEOUT_MS must be at least 1");
+        }
+        let outbox_retention = env.millis("OUTBOX_RETENTION_MS", Duration::from_secs(24 * 60 * 60));
+        let outbox_prune_every = env.millis("OUTBOX_PRUNE_INTERVAL_MS", Duration::from_secs(60));
+        if outbox_prune_every.is_zero() {
+            env.problem("OUTBOX_PRUNE_INTERVAL_MS must be at least 1");
+        }
         let sweep_every = env.millis("SWEEP_INTERVAL_MS", Duration::from_secs(2));
         // A saga runs inside its HTTP request, which is dropped at
         // REQUEST_TIMEOUT_MS; the sweeper must wait longer than that before
@@ -77,6 +93,9 @@ impl OrderConfig {
             product,
             inventory,
             relay_poll,
+            outbox_broker_timeout,
+            outbox_retention,
+            outbox_prune_every,
             sweep_every,
             pending_timeout,
             product_cache_ttl,
@@ -139,5 +158,19 @@ mod tests {
         ])
         .expect("longer than the request timeout");
         assert_eq!(ok.pending_timeout, Duration::from_secs(15));
+    }
+
+    #[test]
+    fn outbox_settings() {
+        let defaults = read(&[]).expect("defaults are valid");
+        assert_eq!(defaults.outbox_broker_timeout, Duration::from_secs(5));
+        assert_eq!(defaults.outbox_retention, Duration::from_secs(24 * 3600));
+        assert_eq!(defaults.outbox_prune_every, Duration::from_secs(60));
+        let err = read(&[
+            ("OUTBOX_BROKER_TIMEOUT_MS", "0"),
+            ("OUTBOX_PRUNE_INTERVAL_MS", "0"),
+        ])
+        .expect_err("zero waits are refused");
+        assert_eq!(err.problems.len(), 2, "{err}");
     }
 }

@@ -19,7 +19,7 @@ use crate::catalog::ProductCache;
 use crate::clients::Upstreams;
 use crate::config::OrderConfig;
 use crate::http::{AppState, router};
-use crate::outbox::{self, RelayMetrics};
+use crate::outbox::{self, RelayConfig, RelayMetrics};
 use crate::repository::OrderRepository;
 use crate::service::OrderService;
 
@@ -100,12 +100,24 @@ impl Application {
         let readiness = Readiness::new(shutdown.clone())
             .with_dependency("database", db::readiness_check(&pool));
         let relay_metrics = RelayMetrics::register(&metrics, &pool);
+        let relay_config = RelayConfig {
+            broker: config.broker.clone(),
+            poll: config.relay_poll,
+            broker_timeout: config.outbox_broker_timeout,
+            retention: config.outbox_retention,
+            prune_every: config.outbox_prune_every,
+        };
         shutdown.spawn(outbox::run(
             pool.clone(),
-            config.broker.clone(),
-            relay_metrics,
+            relay_config.clone(),
+            relay_metrics.clone(),
             relay_wake,
-            config.relay_poll,
+            shutdown.clone(),
+        ));
+        shutdown.spawn(outbox::prune(
+            pool.clone(),
+            relay_config,
+            relay_metrics,
             shutdown.clone(),
         ));
         shutdown.spawn(sweeper(
