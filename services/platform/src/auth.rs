@@ -5,13 +5,20 @@
 //! mint. Verification pins the algorithm (no `none`, no HS256 "signed" with
 //! the public key), the issuer and the audience, and requires `exp`, `iat`,
 //! `sub`. The token comes from `Authorization: Bearer` or the session cookie.
+//!
+//! Verification here is offline (the public key only, no lookup), so a
+//! token stays valid until it expires even if its session was ended: access
+//! tokens are therefore short-lived (`JWT_TTL_SECONDS`, 300 s by default),
+//! and that lifetime is the documented bound on revocation for every
+//! service but the user service, which also checks the session.
 
 use std::sync::Arc;
 
 use axum::extract::{FromRef, FromRequestParts};
-use axum::http::header;
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, header};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -46,7 +53,11 @@ impl Role {
     }
 }
 
-/// The claims stockmesh tokens carry.
+/// The claims every service reads from stockmesh tokens. Tokens the user
+/// service issues also carry `sid`, the session they belong to; services
+/// that verify offline ignore it (and so the session's end reaches them
+/// only when the token expires, `JWT_TTL_SECONDS` after issue), while the
+/// user service checks it on every request.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Claims {
     /// The user id.
@@ -138,7 +149,15 @@ impl Verifier {
 
     /// The claims of a valid token; any defect is the same 401 to the client.
     pub fn verify(&self, token: &str) -> Result<Claims, ApiError> {
-        jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
+        self.verify_as::<Claims>(token)
+    }
+
+    /// Like [`verify`](Self::verify), into the issuer's own claim set: the
+    /// user service reads the `sid` it adds to its tokens (a claim every
+    /// other service ignores), with the same algorithm, issuer, audience
+    /// and expiry checks. A token lacking a field of `T` is refused.
+    pub fn verify_as<T: DeserializeOwned>(&self, token: &str) -> Result<T, ApiError> {
+        jsonwebtoken::decode::<T>(token, &self.key, &self.validation)
             .map(|data| data.claims)
             .map_err(|err| {
                 tracing::debug!(error = %err, "token rejected");
@@ -153,15 +172,19 @@ fn unauthenticated(message: &str) -> ApiError {
 
 /// The token of a request: the bearer header wins over the cookie.
 pub fn token_from(parts: &Parts) -> Option<String> {
-    if let Some(value) = parts.headers.get(header::AUTHORIZATION) {
+    token_from_headers(&parts.headers)
+}
+
+/// [`token_from`] for a handler that holds the headers only.
+pub fn token_from_headers(headers: &HeaderMap) -> Option<String> {
+    if let Some(value) = headers.get(header::AUTHORIZATION) {
         let text = value.to_str().ok()?;
         let (scheme, token) = text.split_once(' ')?;
         return scheme
             .eq_ignore_ascii_case("bearer")
             .then(|| token.trim().to_owned());
     }
-    parts
-        .headers
+    headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())

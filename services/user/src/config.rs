@@ -56,7 +56,12 @@ pub struct UserConfig {
     pub auth: AuthConfig,
     /// Ed25519 private key (PEM) that signs tokens.
     pub signing_key_pem: String,
+    /// Lifetime of an access token: how long a session's end can take to
+    /// reach the services that verify tokens offline.
     pub token_ttl: Duration,
+    /// Lifetime of a session (and so of its refresh tokens) from login;
+    /// refreshing does not extend it.
+    pub session_ttl: Duration,
     /// Adds `Secure` to the session cookie (behind TLS).
     pub cookie_secure: bool,
     pub admin: Option<AdminBootstrap>,
@@ -74,6 +79,7 @@ impl std::fmt::Debug for UserConfig {
             .field("database", &self.database)
             .field("auth", &self.auth)
             .field("token_ttl", &self.token_ttl)
+            .field("session_ttl", &self.session_ttl)
             .field("admin", &self.admin)
             .field("login_limits", &self.login_limits)
             .field("trusted_proxies", &self.trusted_proxies.to_string())
@@ -100,7 +106,14 @@ impl UserConfig {
                 "JWT_PRIVATE_KEY is malformed: expected an Ed25519 private key (PKCS#8 PEM)",
             );
         }
-        let token_ttl = Duration::from_secs(env.with_default("JWT_TTL_SECONDS", 3600u64));
+        // Short: other services verify offline, so this is how long a
+        // logout, demotion or password change takes to reach them.
+        let token_ttl = Duration::from_secs(env.with_default("JWT_TTL_SECONDS", 300u64));
+        let session_ttl =
+            Duration::from_secs(env.with_default("SESSION_TTL_SECONDS", 7 * 24 * 3600u64));
+        if token_ttl.is_zero() || session_ttl.is_zero() {
+            env.problem("JWT_TTL_SECONDS and SESSION_TTL_SECONDS must be at least 1");
+        }
         let cookie_secure = env.with_default("AUTH_COOKIE_SECURE", false);
         let admin_email = env.optional::<String>("STOCKMESH_ADMIN_EMAIL");
         let admin_password = env.optional::<String>("STOCKMESH_ADMIN_PASSWORD");
@@ -147,6 +160,7 @@ impl UserConfig {
             auth,
             signing_key_pem,
             token_ttl,
+            session_ttl,
             cookie_secure,
             admin,
             login_limits,
@@ -219,6 +233,8 @@ mod tests {
         assert!(config.trusted_proxies.is_empty());
         assert!((1..=4).contains(&config.hash_limits.concurrency));
         assert_eq!(config.login_limits.register_per_client, 20);
+        assert_eq!(config.token_ttl, Duration::from_secs(300));
+        assert_eq!(config.session_ttl, Duration::from_secs(7 * 24 * 3600));
         let config = read(&[
             ("TRUSTED_PROXIES", "10.0.0.0/8, 127.0.0.1/32"),
             ("PASSWORD_HASH_CONCURRENCY", "3"),
@@ -256,6 +272,8 @@ mod tests {
                 "LOGIN_BACKOFF_BASE_MS",
             ),
             (vec![("JWT_AUDIENCE", "stockmesh-device")], "JWT_AUDIENCE"),
+            (vec![("JWT_TTL_SECONDS", "0")], "JWT_TTL_SECONDS"),
+            (vec![("SESSION_TTL_SECONDS", "0")], "SESSION_TTL_SECONDS"),
         ] {
             let err = read(&vars).expect_err("refused").to_string();
             assert!(err.contains(needle), "{needle}: {err}");

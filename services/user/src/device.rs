@@ -166,7 +166,12 @@ mod tests {
         )
         .unwrap();
         let (access, _) = issuer
-            .issue(user, stockmesh_platform::auth::Role::Admin)
+            .issue(
+                user,
+                stockmesh_platform::auth::Role::Admin,
+                Uuid::now_v7(),
+                Utc::now() + chrono::Duration::hours(1),
+            )
             .unwrap();
         assert!(d.verify(&access).is_none());
     }

@@ -19,6 +19,25 @@ pub enum UserError {
     RoleChangeForbidden,
     #[error("the last administrator cannot be removed or demoted")]
     LastAdmin,
+    /// The access token is genuine but its session is gone: logged out,
+    /// ended by a password or role change or by a reused refresh token,
+    /// expired, or the account was deleted.
+    #[error("the session has ended; log in again")]
+    SessionEnded,
+    #[error("invalid or expired refresh token")]
+    InvalidRefreshToken,
+    /// A spent refresh token came back: someone holds a copy.
+    #[error("this refresh token was already used; the session has been ended, log in again")]
+    RefreshTokenReused,
+    /// Spent moments ago by a concurrent refresh of the same session.
+    #[error("this refresh token was just replaced by a concurrent refresh; use the newest one")]
+    RefreshTokenRotated,
+    #[error("current_password is required to change your email or password")]
+    CurrentPasswordRequired,
+    #[error("current_password is incorrect")]
+    CurrentPasswordIncorrect,
+    #[error("too many wrong current passwords, retry later")]
+    TooManyPasswordChecks(Duration),
     #[error("too many login attempts, retry later")]
     RateLimited(Duration),
     #[error("too many registrations from this address, retry later")]
@@ -59,7 +78,20 @@ impl From<UserError> for ApiError {
             RoleChangeForbidden => ApiError::new(ErrorKind::Forbidden, err.to_string()),
             LastAdmin => ApiError::new(ErrorKind::FailedPrecondition, err.to_string())
                 .with_code("last_admin"),
-            RateLimited(after) | TooManyRegistrations(after) => {
+            SessionEnded => ApiError::new(ErrorKind::Unauthenticated, err.to_string())
+                .with_code("session_ended"),
+            InvalidRefreshToken => ApiError::new(ErrorKind::Unauthenticated, err.to_string())
+                .with_code("invalid_refresh_token"),
+            RefreshTokenReused => ApiError::new(ErrorKind::Unauthenticated, err.to_string())
+                .with_code("refresh_token_reused"),
+            RefreshTokenRotated => ApiError::new(ErrorKind::Unauthenticated, err.to_string())
+                .with_code("refresh_token_rotated"),
+            CurrentPasswordRequired => {
+                ApiError::validation(err.to_string()).with_code("current_password_required")
+            }
+            CurrentPasswordIncorrect => ApiError::new(ErrorKind::Forbidden, err.to_string())
+                .with_code("current_password_incorrect"),
+            RateLimited(after) | TooManyRegistrations(after) | TooManyPasswordChecks(after) => {
                 ApiError::new(ErrorKind::RateLimited, err.to_string()).with_retry_after(*after)
             }
             Busy(after) => {

@@ -14,5 +14,6 @@ pub mod password;
 pub mod rate_limit;
 pub mod repository;
 pub mod service;
+pub mod sessions;
 pub mod startup;
 pub mod tokens;

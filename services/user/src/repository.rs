@@ -1,4 +1,4 @@
-//! PostgreSQL storage of accounts.
+//! PostgreSQL storage of accounts (sessions: `sessions.rs`).
 
 use sqlx::{PgPool, Row};
 use stockmesh_platform::auth::Role;
@@ -14,9 +14,9 @@ pub struct UserRepository {
     pool: PgPool,
 }
 
-const COLUMNS: &str = "id, email, name, password_hash, role, created_at, updated_at";
+pub(crate) const COLUMNS: &str = "id, email, name, password_hash, role, created_at, updated_at";
 
-fn user_from_row(row: &sqlx::postgres::PgRow) -> Result<User, UserError> {
+pub(crate) fn user_from_row(row: &sqlx::postgres::PgRow) -> Result<User, UserError> {
     let role: String = row.try_get("role")?;
     Ok(User {
         id: row.try_get("id")?,
@@ -139,11 +139,29 @@ impl UserRepository {
     }
 
     /// Applies `changes`; refuses to leave the system without an admin.
-    pub async fn update(&self, id: Uuid, changes: &UserChanges) -> Result<User, UserError> {
+    /// A new password or a different role ends every session of the
+    /// account in the same transaction (the tokens of those sessions speak
+    /// for a password that is no longer the key, or name a role the
+    /// account no longer has); returns the account and whether it did.
+    pub async fn update(&self, id: Uuid, changes: &UserChanges) -> Result<(User, bool), UserError> {
         let mut tx = self.pool.begin().await?;
         if changes.role == Some(Role::User) {
             Self::guard_last_admin(&mut tx, id).await?;
         }
+        // Locks the row, so the role compared below is the one replaced.
+        let current_role: Option<String> =
+            sqlx::query_scalar("SELECT role FROM users WHERE id = $1 FOR UPDATE")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .instrument(db_span("select", "users"))
+                .await?;
+        let Some(current_role) = current_role else {
+            return Err(UserError::NotFound);
+        };
+        let end_sessions = changes.password_hash.is_some()
+            || changes
+                .role
+                .is_some_and(|role| role.as_str() != current_role);
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "UPDATE users SET email = COALESCE($2, email), name = COALESCE($3, name), \
              password_hash = COALESCE($4, password_hash), role = COALESCE($5, role), \
@@ -169,10 +187,19 @@ impl UserRepository {
             .map(user_from_row)
             .transpose()?
             .ok_or(UserError::NotFound)?;
+        if end_sessions {
+            sqlx::query("DELETE FROM sessions WHERE user_id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .instrument(db_span("delete", "sessions"))
+                .await?;
+        }
         tx.commit().await?;
-        Ok(user)
+        Ok((user, end_sessions))
     }
 
+    /// Deletes the account; its sessions go with it (`ON DELETE CASCADE`),
+    /// so its tokens stop working in this service at once.
     pub async fn delete(&self, id: Uuid) -> Result<(), UserError> {
         let mut tx = self.pool.begin().await?;
         Self::guard_last_admin(&mut tx, id).await?;

@@ -1,8 +1,10 @@
 //! The user service's rules: who may see and change which account, how
-//! logins are checked and limited, and the first administrator.
+//! logins are checked and limited, how sessions start, refresh and end,
+//! and the first administrator.
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use stockmesh_platform::auth::{Caller, Role};
@@ -16,15 +18,21 @@ use crate::error::UserError;
 use crate::password::Passwords;
 use crate::rate_limit::RateLimiter;
 use crate::repository::{UserChanges, UserRepository};
-use crate::tokens::Issuer;
+use crate::sessions::{Refreshed, SessionStore};
+use crate::tokens::{AccessClaims, Issuer};
 
-/// A successful login.
-pub struct Session {
+/// What a login or a refresh hands out.
+pub struct Grant {
+    /// The access token and when it expires.
     pub token: String,
     pub expires_at: DateTime<Utc>,
+    /// The next refresh token, and when its session ends.
+    pub refresh_token: String,
+    pub refresh_expires_at: DateTime<Utc>,
     pub user: User,
-    /// The device token for this browser and account (the device cookie).
-    pub device_token: String,
+    /// The device token for this browser and account (the device cookie);
+    /// set on login only.
+    pub device_token: Option<String>,
 }
 
 /// Whose failure budget a login attempt is charged to.
@@ -43,12 +51,25 @@ pub struct UserUpdate {
     pub name: Option<String>,
     pub password: Option<String>,
     pub role: Option<Role>,
+    /// Proof that the caller knows the account's password; required when
+    /// the owner changes the email or the password.
+    pub current_password: Option<String>,
+}
+
+/// The caller of a user-service route: a genuine access token whose
+/// session is live, with the account's current role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionCaller {
+    pub caller: Caller,
+    pub session: Uuid,
 }
 
 #[derive(Clone)]
 pub struct UserService {
     repository: UserRepository,
+    sessions: SessionStore,
     issuer: Issuer,
+    session_ttl: Duration,
     /// A real argon2id hash of a random password: unknown emails are checked
     /// against it so they cost exactly what a wrong password costs.
     dummy_hash: Arc<String>,
@@ -60,12 +81,18 @@ pub struct UserService {
     account_failures: Arc<FailureBackoff>,
     /// Failed logins per device cookie.
     device_failures: Arc<FailureBackoff>,
+    /// Wrong current passwords per session: a stolen session cannot be
+    /// used to guess the password faster than a login could, and it slows
+    /// only that session, not the owner's others.
+    reauth_failures: Arc<FailureBackoff>,
 }
 
 impl UserService {
     pub async fn new(
         repository: UserRepository,
+        sessions: SessionStore,
         issuer: Issuer,
+        session_ttl: Duration,
         devices: Devices,
         passwords: Passwords,
         limits: LoginLimits,
@@ -73,7 +100,9 @@ impl UserService {
         let dummy_hash = passwords.hash(Uuid::new_v4().to_string()).await?;
         Ok(Self {
             repository,
+            sessions,
             issuer,
+            session_ttl,
             dummy_hash: Arc::new(dummy_hash),
             passwords,
             devices,
@@ -89,6 +118,7 @@ impl UserService {
             )),
             account_failures: Arc::new(FailureBackoff::new(limits.backoff, limits.max_keys)),
             device_failures: Arc::new(FailureBackoff::new(limits.backoff, limits.max_keys)),
+            reauth_failures: Arc::new(FailureBackoff::new(limits.backoff, limits.max_keys)),
         })
     }
 
@@ -99,6 +129,72 @@ impl UserService {
 
     pub fn token_ttl(&self) -> std::time::Duration {
         self.issuer.ttl()
+    }
+
+    /// The caller behind a genuine access token, if its session is live:
+    /// the role is the account's current one, not the token's. Any ended
+    /// session is 401 `session_ended`, whatever ended it.
+    pub async fn authenticate(&self, claims: &AccessClaims) -> Result<SessionCaller, UserError> {
+        let role = self
+            .sessions
+            .live_role(claims.sid, claims.sub)
+            .await?
+            .ok_or(UserError::SessionEnded)?;
+        Ok(SessionCaller {
+            caller: Caller {
+                id: claims.sub,
+                role,
+            },
+            session: claims.sid,
+        })
+    }
+
+    /// Trades a refresh token for a new access token and a new refresh
+    /// token (rotation; see `sessions.rs` for reuse detection).
+    pub async fn refresh(&self, refresh_token: &str) -> Result<Grant, UserError> {
+        match self.sessions.refresh(refresh_token).await? {
+            Refreshed::Rotated {
+                session,
+                user,
+                refresh_token,
+            } => {
+                let (token, expires_at) =
+                    self.issuer
+                        .issue(user.id, user.role, session.id, session.expires_at)?;
+                Ok(Grant {
+                    token,
+                    expires_at,
+                    refresh_token,
+                    refresh_expires_at: session.expires_at,
+                    user,
+                    device_token: None,
+                })
+            }
+            Refreshed::Unknown | Refreshed::Expired => Err(UserError::InvalidRefreshToken),
+            Refreshed::Reused => Err(UserError::RefreshTokenReused),
+            Refreshed::JustRotated => Err(UserError::RefreshTokenRotated),
+        }
+    }
+
+    /// Ends the session named by a genuine access token and/or the one a
+    /// refresh token belongs to. Ending nothing is not an error: after a
+    /// logout the client holds no session, whatever it sent.
+    pub async fn logout(
+        &self,
+        access: Option<&AccessClaims>,
+        refresh_token: Option<&str>,
+    ) -> Result<(), UserError> {
+        if let Some(claims) = access
+            && self.sessions.end(claims.sid, claims.sub).await?
+        {
+            tracing::info!(user_id = %claims.sub, session_id = %claims.sid, "logout");
+        }
+        if let Some(token) = refresh_token
+            && self.sessions.end_by_refresh_token(token).await?
+        {
+            tracing::info!("logout by refresh token");
+        }
+        Ok(())
     }
 
     /// Creates an account. Rate-limited per client address (each
@@ -136,7 +232,7 @@ impl UserService {
         password: &str,
         client: IpAddr,
         device_token: Option<&str>,
-    ) -> Result<Session, UserError> {
+    ) -> Result<Grant, UserError> {
         self.login_per_client
             .hit(client)
             .map_err(UserError::RateLimited)?;
@@ -168,14 +264,19 @@ impl UserService {
             return Err(UserError::InvalidCredentials);
         };
         self.forgive(charge);
-        let (token, expires_at) = self.issuer.issue(user.id, user.role)?;
+        let (session, refresh_token) = self.sessions.create(user.id, self.session_ttl).await?;
+        let (token, expires_at) =
+            self.issuer
+                .issue(user.id, user.role, session.id, session.expires_at)?;
         let device_token = self.devices.issue(user.id, device.map(|d| d.jti))?;
-        tracing::info!(user_id = %user.id, "login");
-        Ok(Session {
+        tracing::info!(user_id = %user.id, session_id = %session.id, "login");
+        Ok(Grant {
             token,
             expires_at,
+            refresh_token,
+            refresh_expires_at: session.expires_at,
             user,
-            device_token,
+            device_token: Some(device_token),
         })
     }
 
@@ -215,18 +316,27 @@ impl UserService {
         self.repository.list(limit, offset).await
     }
 
+    /// Changes an account. The owner changing their own email or password
+    /// must give the current password (a borrowed or stolen session is not
+    /// enough to take the account over); an admin changing another
+    /// account's does not (recovery: the admin cannot know it, and could
+    /// grant itself the same reach by changing roles anyway). A new
+    /// password or role ends every session of the account.
     pub async fn update(
         &self,
-        caller: Caller,
+        caller: SessionCaller,
         id: Uuid,
         update: UserUpdate,
     ) -> Result<User, UserError> {
+        let SessionCaller { caller, session } = caller;
         if !caller.may_access(id) {
             return Err(UserError::NotFound);
         }
         if update.role.is_some() && !caller.is_admin() {
             return Err(UserError::RoleChangeForbidden);
         }
+        // Cheap checks first: a malformed value is answered before any
+        // password is checked or hashed.
         let mut changes = UserChanges {
             role: update.role,
             ..Default::default()
@@ -239,13 +349,67 @@ impl UserService {
         }
         if let Some(password) = &update.password {
             domain::check_password(password)?;
+        }
+        let credentials_change = update.email.is_some() || update.password.is_some();
+        if credentials_change && caller.id == id {
+            self.check_current_password(id, session, update.current_password.as_deref())
+                .await?;
+        }
+        if let Some(password) = &update.password {
             changes.password_hash = Some(self.passwords.hash(password.clone()).await?);
         }
-        let user = self.repository.update(id, &changes).await?;
-        tracing::info!(user_id = %id, by = %caller.id, "user updated");
+        let (user, sessions_ended) = self.repository.update(id, &changes).await?;
+        tracing::info!(user_id = %id, by = %caller.id, sessions_ended, "user updated");
         Ok(user)
     }
 
+    /// Verifies `current` against the account's password. Wrong answers
+    /// count against the session's own guessing backoff (429 once spent).
+    async fn check_current_password(
+        &self,
+        id: Uuid,
+        session: Uuid,
+        current: Option<&str>,
+    ) -> Result<(), UserError> {
+        let current = current.ok_or(UserError::CurrentPasswordRequired)?;
+        let key = self.reauth_failures.key(session);
+        self.reauth_failures
+            .begin(key)
+            .map_err(UserError::TooManyPasswordChecks)?;
+        let user = self.repository.by_id(id).await;
+        let user = match user {
+            Ok(Some(user)) => user,
+            Ok(None) => {
+                self.reauth_failures.forgive(key);
+                return Err(UserError::NotFound);
+            }
+            Err(err) => {
+                self.reauth_failures.forgive(key);
+                return Err(err);
+            }
+        };
+        match self
+            .passwords
+            .verify(current.to_owned(), user.password_hash)
+            .await
+        {
+            Ok(true) => {
+                self.reauth_failures.forgive(key);
+                Ok(())
+            }
+            Ok(false) => {
+                tracing::info!(user_id = %id, "credential change refused: wrong current password");
+                Err(UserError::CurrentPasswordIncorrect)
+            }
+            Err(err) => {
+                // Never checked (busy): not a failed guess.
+                self.reauth_failures.forgive(key);
+                Err(err)
+            }
+        }
+    }
+
+    /// Deletes an account; its sessions end with it.
     pub async fn delete(&self, caller: Caller, id: Uuid) -> Result<(), UserError> {
         if !caller.may_access(id) {
             return Err(UserError::NotFound);

@@ -17,6 +17,7 @@ use crate::http::{AppState, router};
 use crate::password::Passwords;
 use crate::repository::UserRepository;
 use crate::service::UserService;
+use crate::sessions::SessionStore;
 use crate::tokens::Issuer;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -57,7 +58,9 @@ impl Application {
         )?;
         let service = UserService::new(
             UserRepository::new(pool.clone()),
+            SessionStore::new(pool.clone()),
             issuer,
+            config.session_ttl,
             devices,
             Passwords::new(config.hash_limits),
             config.login_limits,
