@@ -261,16 +261,36 @@ impl Drop for PrivateBroker {
                 kill(pid, libc_sig::SIGCONT);
                 kill(pid, libc_sig::SIGKILL);
             }
+            // Until it is gone its epmd refuses to stop ("living nodes").
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
         if let Some(mut child) = self.server.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
-        let _ = Command::new("epmd")
-            .args(["-port", &self.epmd_port.to_string(), "-kill"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        // The node's own epmd (its port is private to this node): it stops
+        // once no node is registered, which takes a moment after the kill.
+        let port = self.epmd_port.to_string();
+        for _ in 0..50 {
+            let _ = Command::new("epmd")
+                .args(["-port", &port, "-kill"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            let alive = Command::new("epmd")
+                .args(["-port", &port, "-names"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|status| status.success());
+            if !alive {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
