@@ -39,9 +39,11 @@ admin_password="fuzz-admin-password"
 stack_start inventory "HTTP_ADDR=127.0.0.1:$((base + 83))" "GRPC_ADDR=127.0.0.1:$((base + 53))"
 stack_start product "HTTP_ADDR=127.0.0.1:$((base + 82))" "GRPC_ADDR=127.0.0.1:$((base + 52))" \
   "INVENTORY_GRPC_URL=http://127.0.0.1:$((base + 53))"
+# Access tokens live an hour here (default 300 s): a fuzz run must not
+# lose its token half-way and test nothing but 401s.
 stack_start user "HTTP_ADDR=127.0.0.1:$((base + 81))" \
   "STOCKMESH_ADMIN_EMAIL=$admin_email" "STOCKMESH_ADMIN_PASSWORD=$admin_password" \
-  "LOGIN_RATE_PER_CLIENT=100000" "REGISTER_RATE_PER_CLIENT=100000"
+  "LOGIN_RATE_PER_CLIENT=100000" "REGISTER_RATE_PER_CLIENT=100000" "JWT_TTL_SECONDS=3600"
 # A queue of its own (never the real one: no events are taken from a system
 # sharing the broker), bound to a key nothing publishes, and the same name
 # every run so durable queues do not pile up on the broker.
@@ -55,15 +57,18 @@ stack_wait user "http://127.0.0.1:$((base + 81))/readyz"
 stack_wait order "http://127.0.0.1:$((base + 84))/readyz"
 stack_wait notification "http://127.0.0.1:$((base + 85))/readyz"
 
-token="$(stack_login "$admin_email" "$admin_password" "http://127.0.0.1:$((base + 81))")"
-
 failed=0
 passed=0
+# fuzz NAME PORT [schemathesis options]: each run logs in anew, so a
+# session ended by an earlier run (logout) does not leave it only 401s.
 fuzz() {
   local name="$1" port="$2"
+  shift 2
   local url="http://127.0.0.1:$port/api/$name/openapi.json"
-  printf '\n== schemathesis: %s (%s)\n' "$name" "$url"
-  if "$tools_bin/schemathesis" run "$url" \
+  local token
+  token="$(stack_login "$admin_email" "$admin_password" "http://127.0.0.1:$((base + 81))")"
+  printf '\n== schemathesis: %s (%s) %s\n' "$name" "$url" "$*"
+  if "$tools_bin/schemathesis" run "$url" "$@" \
       --checks not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance \
       --header "Authorization: Bearer $token" \
       --max-examples "$examples" \
@@ -79,7 +84,7 @@ fuzz() {
 # A short smoke of the load generator against the same system (the
 # benchmark itself is `make bench`, never part of the tests). It runs before
 # the fuzzing, which holds an admin token and may legitimately change the
-# admin's own password.
+# admin's data (not its password: that needs the current one).
 printf '\n== loadgen smoke\n'
 if LOADGEN_USER_URL="http://127.0.0.1:$((base + 81))" LOADGEN_PRODUCT_URL="http://127.0.0.1:$((base + 82))" \
    LOADGEN_ORDER_URL="http://127.0.0.1:$((base + 84))" LOADGEN_NOTIFICATION_URL="http://127.0.0.1:$((base + 85))" \
@@ -93,7 +98,10 @@ else
   failed=$((failed + 1))
 fi
 
-fuzz users $((base + 81))
+# Logout ends the session whose token the fuzzer sends: the rest of the
+# user API is fuzzed first, logout on its own afterwards.
+fuzz users $((base + 81)) --exclude-operation-id logout
+fuzz users $((base + 81)) --include-operation-id logout
 fuzz products $((base + 82))
 fuzz orders $((base + 84))
 fuzz notifications $((base + 85))

@@ -1,6 +1,7 @@
 //! The shop API as the load generator uses it.
 
 use anyhow::{Context, bail};
+use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
 /// Where each API prefix is served: one base URL (the Ingress or the local
@@ -37,7 +38,7 @@ impl Api {
         })
     }
 
-    pub async fn login(&self, email: &str, password: &str) -> anyhow::Result<String> {
+    pub async fn login(&self, email: &str, password: &str) -> anyhow::Result<Session> {
         let response = self
             .http
             .post(format!("{}/api/users/login", self.users))
@@ -50,14 +51,29 @@ impl Api {
         if !status.is_success() {
             bail!("login of {email} answered {status}: {body}");
         }
-        body["token"]
-            .as_str()
-            .map(str::to_owned)
-            .context("login answered no token")
+        Session::from_answer(&body).with_context(|| format!("login of {email}"))
     }
 
-    /// Registers a fresh shopper and returns `(token, user id)`.
-    pub async fn shopper(&self, run: &str, n: usize) -> anyhow::Result<(String, String)> {
+    /// Trades the session's refresh token for fresh tokens: access tokens
+    /// live minutes (`JWT_TTL_SECONDS`), a run may last longer.
+    pub async fn refresh(&self, session: &Session) -> anyhow::Result<Session> {
+        let response = self
+            .http
+            .post(format!("{}/api/users/refresh", self.users))
+            .json(&json!({"refresh_token": session.refresh_token}))
+            .send()
+            .await
+            .context("refresh request")?;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            bail!("refresh answered {status}: {body}");
+        }
+        Session::from_answer(&body).context("refresh")
+    }
+
+    /// Registers a fresh shopper and returns `(session, user id)`.
+    pub async fn shopper(&self, run: &str, n: usize) -> anyhow::Result<(Session, String)> {
         let email = format!("loadgen-{run}-{n}@example.com");
         let password = "loadgen-password";
         let response = self
@@ -78,7 +94,8 @@ impl Api {
         Ok((self.login(&email, password).await?, id))
     }
 
-    /// Creates a product with `stock` units; returns its id.
+    /// Creates a product with `stock` units (`admin` is an access token);
+    /// returns its id.
     pub async fn product(&self, admin: &str, name: &str, stock: i64) -> anyhow::Result<String> {
         let response = self
             .http
@@ -99,5 +116,35 @@ impl Api {
             .as_str()
             .map(str::to_owned)
             .context("no product id")
+    }
+}
+
+/// A logged-in user's tokens, as a login or a refresh answers them.
+#[derive(Clone)]
+pub struct Session {
+    pub token: String,
+    pub refresh_token: String,
+    /// When to refresh: half-way through the access token's life, so a
+    /// slow refresh still lands before it expires.
+    pub refresh_at: DateTime<Utc>,
+}
+
+impl Session {
+    fn from_answer(body: &Value) -> anyhow::Result<Self> {
+        let text = |field: &str| {
+            body[field]
+                .as_str()
+                .map(str::to_owned)
+                .with_context(|| format!("the answer has no {field}: {body}"))
+        };
+        let expires_at: DateTime<Utc> = text("expires_at")?
+            .parse()
+            .context("expires_at is not a timestamp")?;
+        let now = Utc::now();
+        Ok(Self {
+            token: text("token")?,
+            refresh_token: text("refresh_token")?,
+            refresh_at: now + (expires_at - now) / 2,
+        })
     }
 }

@@ -24,13 +24,45 @@ use stockmesh_platform::config::{CommonConfig, EnvReader};
 use stockmesh_platform::telemetry::{self, Telemetry};
 use tokio::sync::Mutex;
 
-use api::Api;
+use api::{Api, Session};
 use config::{Mode, Options};
 use report::Stats;
 
+/// A shopper's session; its access token is replaced as it is refreshed.
+struct Shopper {
+    session: std::sync::RwLock<Session>,
+}
+
+impl Shopper {
+    fn new(session: Session) -> Self {
+        Self {
+            session: std::sync::RwLock::new(session),
+        }
+    }
+
+    /// The current session (a poisoned lock still holds a usable one).
+    fn session(&self) -> Session {
+        match self.session.read() {
+            Ok(session) => session.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn token(&self) -> String {
+        self.session().token
+    }
+
+    fn replace(&self, session: Session) {
+        match self.session.write() {
+            Ok(mut slot) => *slot = session,
+            Err(poisoned) => *poisoned.into_inner() = session,
+        }
+    }
+}
+
 struct Shared {
     api: Api,
-    shoppers: Vec<(String, String)>,
+    shoppers: Vec<Shopper>,
     products: Vec<String>,
     stats: Mutex<Stats>,
     issued: AtomicU64,
@@ -149,7 +181,8 @@ async fn run(options: Options) -> anyhow::Result<u64> {
     );
     let admin = api
         .login(&options.admin_email, &options.admin_password)
-        .await?;
+        .await?
+        .token;
     let mut products = Vec::new();
     for n in 0..options.products {
         products.push(
@@ -159,7 +192,7 @@ async fn run(options: Options) -> anyhow::Result<u64> {
     }
     let mut shoppers = Vec::new();
     for n in 0..options.users {
-        shoppers.push(api.shopper(&run_id, n).await?);
+        shoppers.push(Shopper::new(api.shopper(&run_id, n).await?.0));
     }
     let shared = Arc::new(Shared {
         api,
@@ -177,6 +210,7 @@ async fn run(options: Options) -> anyhow::Result<u64> {
     let started = Instant::now();
     let deadline = started + options.duration;
     let progress = (!options.quiet).then(|| tokio::spawn(progress_line(shared.clone(), started)));
+    let refresher = tokio::spawn(keep_sessions_fresh(shared.clone()));
     match options.rate {
         None => {
             let workers: Vec<_> = (0..options.concurrency)
@@ -215,6 +249,7 @@ async fn run(options: Options) -> anyhow::Result<u64> {
         }
     }
     let elapsed = started.elapsed();
+    refresher.abort();
     let lag_tasks = std::mem::take(&mut *shared.lag_tasks.lock().await);
     for task in lag_tasks {
         let _ = task.await;
@@ -259,7 +294,7 @@ async fn one_request(shared: &Arc<Shared>, i: u64, n: u64) {
         Mode::OrdersOnly => true,
         Mode::Mixed { browse, order } => (i % u64::from(browse + order)) >= u64::from(browse),
     };
-    let (token, _user_id) = &shared.shoppers[(n as usize) % shared.shoppers.len()];
+    let token = &shared.shoppers[(n as usize) % shared.shoppers.len()].token();
     let product = &shared.products[(i as usize) % shared.products.len()];
     let api = &shared.api;
     let start = Instant::now();
@@ -325,6 +360,27 @@ async fn one_request(shared: &Arc<Shared>, i: u64, n: u64) {
             .lock()
             .await
             .record("browse", took, status, &[200]);
+    }
+}
+
+/// Refreshes each shopper's session half-way through its access token's
+/// life, for runs longer than that life. A failed refresh is reported and
+/// retried on the next pass; the shopper's requests then fail with 401
+/// once the old token expires, which the report shows.
+async fn keep_sessions_fresh(shared: Arc<Shared>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = chrono::Utc::now();
+        for shopper in &shared.shoppers {
+            let session = shopper.session();
+            if session.refresh_at > now {
+                continue;
+            }
+            match shared.api.refresh(&session).await {
+                Ok(fresh) => shopper.replace(fresh),
+                Err(err) => eprintln!("loadgen: {err:#}"),
+            }
+        }
     }
 }
 
