@@ -9,8 +9,13 @@
 //! left of the caller's own deadline, and enforces it; tells the breaker how
 //! it went; counts the call per method and code. Calls are spread over every
 //! address the upstream's name resolves to (a headless Service gives one per
-//! pod), re-resolved periodically. [`retry`] adds bounded, jittered retries
-//! for idempotent calls, within a process-wide retry budget.
+//! pod), re-resolved periodically — and at once (then with a short, growing
+//! backoff) while the name has no address, or when a call could not reach
+//! the upstream, so pods that became ready after the last lookup are found
+//! within a call's deadline. A call that never reached the server (its
+//! connection closed first: a server going away in a rollout) is sent again
+//! at once on a new connection, whatever the call. [`retry`] adds bounded,
+//! jittered retries for idempotent calls, within a process-wide retry budget.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -36,6 +41,28 @@ use crate::telemetry;
 
 /// Metadata key marking a call failed fast by an open breaker.
 pub const CIRCUIT_OPEN: &str = "x-circuit-open";
+
+/// Shortest pause between two lookups of an upstream's name: a burst of
+/// failing calls asks for one lookup, not one each.
+const RESOLVE_MIN_GAP: Duration = Duration::from_millis(100);
+/// While the name has no address it is looked up again after
+/// [`RESOLVE_MIN_GAP`], doubling up to this (and never later than the
+/// regular period): right after a rollout the pods appear within a second.
+const EMPTY_RESOLVE_MAX: Duration = Duration::from_secs(2);
+
+/// Looks an upstream's host and port up (DNS; tests substitute their own).
+type Lookup =
+    Arc<dyn Fn(String, u16) -> BoxFuture<'static, std::io::Result<Vec<SocketAddr>>> + Send + Sync>;
+
+fn dns_lookup() -> Lookup {
+    Arc::new(|host, port| {
+        Box::pin(async move {
+            tokio::net::lookup_host((host.as_str(), port))
+                .await
+                .map(|addrs| addrs.collect())
+        })
+    })
+}
 
 /// Where an upstream lives and how calls to it behave.
 #[derive(Debug, Clone)]
@@ -95,11 +122,23 @@ pub struct Upstream {
     timeout: Duration,
     metrics: RequestMetrics,
     breaker: Breaker,
+    /// How many addresses the last lookup found.
+    addresses: Arc<std::sync::atomic::AtomicUsize>,
+    /// Wakes the resolver for a lookup now.
+    resolve_now: Arc<tokio::sync::Notify>,
 }
 
 impl Upstream {
     /// Resolves the upstream's name and keeps re-resolving it in the background.
     pub async fn new(config: &UpstreamConfig, metrics: &Metrics) -> anyhow::Result<Self> {
+        Self::with_lookup(config, metrics, dns_lookup()).await
+    }
+
+    async fn with_lookup(
+        config: &UpstreamConfig,
+        metrics: &Metrics,
+        lookup: Lookup,
+    ) -> anyhow::Result<Self> {
         let (host, port) = host_port(&config.url)
             .ok_or_else(|| anyhow::anyhow!("{}: malformed URL", config.name))?;
         let scheme = if config.url.starts_with("https://") {
@@ -120,14 +159,36 @@ impl Upstream {
         let name = config.name;
         let every = config.resolve_every;
         let mut known: HashSet<SocketAddr> = HashSet::new();
-        resolve_once(name, &host, port, &mut known, &changes, &endpoint).await;
+        resolve_once(name, &lookup, &host, port, &mut known, &changes, &endpoint).await;
+        let addresses = Arc::new(std::sync::atomic::AtomicUsize::new(known.len()));
+        let resolve_now = Arc::new(tokio::sync::Notify::new());
+        let (count, wake) = (addresses.clone(), resolve_now.clone());
         tokio::spawn(async move {
+            let mut last = tokio::time::Instant::now();
+            let mut empty_backoff = RESOLVE_MIN_GAP;
             loop {
-                tokio::time::sleep(every).await;
+                let wait = if known.is_empty() {
+                    empty_backoff.min(every)
+                } else {
+                    every
+                };
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = wake.notified() => {
+                        tokio::time::sleep_until(last + RESOLVE_MIN_GAP).await;
+                    }
+                }
                 if changes.is_closed() {
                     return;
                 }
-                resolve_once(name, &host, port, &mut known, &changes, &endpoint).await;
+                resolve_once(name, &lookup, &host, port, &mut known, &changes, &endpoint).await;
+                last = tokio::time::Instant::now();
+                count.store(known.len(), std::sync::atomic::Ordering::Relaxed);
+                empty_backoff = if known.is_empty() {
+                    (empty_backoff * 2).min(EMPTY_RESOLVE_MAX)
+                } else {
+                    RESOLVE_MIN_GAP
+                };
             }
         });
         Ok(Self {
@@ -139,6 +200,8 @@ impl Upstream {
             // so a probe still unanswered a second later is lost for good.
             breaker: Breaker::new(config.name, config.breaker, metrics.breakers.clone())
                 .with_probe_timeout(config.timeout + Duration::from_secs(1)),
+            addresses,
+            resolve_now,
         })
     }
 
@@ -155,6 +218,7 @@ impl Upstream {
 /// One DNS round: adds new addresses, removes vanished ones.
 async fn resolve_once<F>(
     name: &str,
+    lookup: &Lookup,
     host: &str,
     port: u16,
     known: &mut HashSet<SocketAddr>,
@@ -163,8 +227,8 @@ async fn resolve_once<F>(
 ) where
     F: Fn(SocketAddr) -> Result<Endpoint, tonic::transport::Error>,
 {
-    let found: HashSet<SocketAddr> = match tokio::net::lookup_host((host, port)).await {
-        Ok(addrs) => addrs.collect(),
+    let found: HashSet<SocketAddr> = match lookup(host.to_owned(), port).await {
+        Ok(addrs) => addrs.into_iter().collect(),
         Err(err) => {
             tracing::warn!(upstream = name, error = %err, "cannot resolve upstream; keeping known addresses");
             return;
@@ -187,6 +251,60 @@ async fn resolve_once<F>(
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Attempts of one call when the request never reached the server.
+const TRANSPARENT_ATTEMPTS: u32 = 3;
+
+/// Sends a unary call, and sends it again at once (on a new connection) when
+/// it was never sent: a request queued on a connection that closed before
+/// writing it — a server going away (GOAWAY) during a rollout — fails with
+/// hyper's `Canceled`, and repeating it is safe for any call, idempotent or
+/// not, since the server never saw it. The body is buffered to be sent again
+/// (unary calls only: the platform's upstreams have no streaming calls).
+async fn call_transparently(
+    channel: &mut Channel,
+    request: Request<Body>,
+) -> Result<Response<Body>, BoxError> {
+    let (parts, body) = request.into_parts();
+    let bytes = http_body_util::BodyExt::collect(body).await?.to_bytes();
+    let rebuild = || {
+        let mut request = Request::new(Body::new(http_body_util::Full::new(bytes.clone())));
+        *request.method_mut() = parts.method.clone();
+        *request.uri_mut() = parts.uri.clone();
+        *request.version_mut() = parts.version;
+        *request.headers_mut() = parts.headers.clone();
+        *request.extensions_mut() = parts.extensions.clone();
+        request
+    };
+    let mut attempt = 1;
+    loop {
+        let request = rebuild();
+        futures::future::poll_fn(|cx| channel.poll_ready(cx)).await?;
+        match channel.call(request).await {
+            Err(err) if attempt < TRANSPARENT_ATTEMPTS && never_sent(&err) => {
+                tracing::debug!(attempt, error = %crate::error::ErrorChain(&err), "call never sent, sending it again");
+                attempt += 1;
+            }
+            result => return result.map_err(BoxError::from),
+        }
+    }
+}
+
+/// Whether a transport error says the request was never written to the
+/// connection (hyper cancelled it because the connection closed first).
+fn never_sent(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(err);
+    while let Some(err) = source {
+        if err
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_canceled)
+        {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
 
 fn circuit_open(upstream: &str, retry_after: Duration) -> tonic::Status {
     let mut status =
@@ -213,6 +331,12 @@ impl Service<Request<Body>> for Upstream {
     }
 
     fn call(&mut self, mut request: Request<Body>) -> Self::Future {
+        // No address yet (the pods were not ready at the last lookup): look
+        // again now; the call waits for an address within its deadline.
+        if self.addresses.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+            self.resolve_now.notify_one();
+        }
+        let resolve_now = self.resolve_now.clone();
         let mut channel = self.channel.clone();
         let metrics = self.metrics.clone();
         let breaker = self.breaker.clone();
@@ -249,15 +373,18 @@ impl Service<Request<Body>> for Upstream {
                         {
                             request.headers_mut().insert("grpc-timeout", value);
                         }
-                        let call = async {
-                            futures::future::poll_fn(|cx| channel.poll_ready(cx)).await?;
-                            channel.call(request).await
-                        };
+                        let call = call_transparently(&mut channel, request);
                         let result = match tokio::time::timeout(budget, call).await {
                             Ok(Ok(response)) => Ok(response),
-                            Ok(Err(err)) => Err(BoxError::from(tonic::Status::unavailable(
-                                format!("{upstream} unreachable: {err}"),
-                            ))),
+                            Ok(Err(err)) => {
+                                // The address may be gone (a pod replaced):
+                                // the next lookup should not wait its turn.
+                                resolve_now.notify_one();
+                                Err(BoxError::from(tonic::Status::unavailable(format!(
+                                    "{upstream} unreachable: {}",
+                                    crate::error::ErrorChain(&*err)
+                                ))))
+                            }
                             Err(_) => {
                                 Err(BoxError::from(tonic::Status::deadline_exceeded(format!(
                                     "{upstream} did not answer within {} ms",
@@ -546,6 +673,198 @@ mod tests {
             "a new probe was admitted, not failed fast: {again:?}"
         );
         assert!(is_upstream_failure(again.code()), "{again:?}");
+    }
+
+    /// A gRPC server answering the health service as SERVING.
+    async fn healthy_upstream() -> SocketAddr {
+        let (reporter, service) = tonic_health::server::health_reporter();
+        reporter
+            .set_service_status("", tonic_health::ServingStatus::Serving)
+            .await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        addr
+    }
+
+    /// Issue 14, item 5: an upstream whose name had no address when it was
+    /// last looked up (pods not ready yet) is looked up again with a short
+    /// backoff, and at once when a call needs it, so the call is answered
+    /// within its deadline instead of waiting for the regular period.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_name_without_addresses_is_looked_up_again_at_once() {
+        let addr = healthy_upstream().await;
+        let published = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let lookups = Arc::new(AtomicU32::new(0));
+        let lookup: Lookup = {
+            let (published, lookups) = (published.clone(), lookups.clone());
+            Arc::new(move |_host, _port| {
+                lookups.fetch_add(1, Ordering::SeqCst);
+                let found = if published.load(Ordering::SeqCst) {
+                    vec![addr]
+                } else {
+                    Vec::new()
+                };
+                Box::pin(async move { Ok(found) })
+            })
+        };
+        let config = UpstreamConfig {
+            name: "inventory",
+            url: "http://inventory-grpc:50051".to_owned(),
+            timeout: Duration::from_secs(2),
+            connect_timeout: Duration::from_millis(500),
+            breaker: BreakerConfig {
+                failure_threshold: 5,
+                open_for: Duration::from_secs(1),
+                max_open: Duration::from_secs(1),
+            },
+            // The regular period would be far too late.
+            resolve_every: Duration::from_secs(60),
+        };
+        let upstream = Upstream::with_lookup(&config, &Metrics::new("test"), lookup)
+            .await
+            .expect("upstream");
+
+        // Nothing published: looked up again and again, backing off
+        // (100, 200, 400, 800 ms, ...): the next lookup is ~1.6 s away.
+        tokio::time::sleep(Duration::from_millis(1600)).await;
+        let while_empty = lookups.load(Ordering::SeqCst);
+        assert!(
+            (4..=6).contains(&while_empty),
+            "looked up with a short, growing backoff: {while_empty} lookups"
+        );
+
+        // The pods appear; a call triggers the lookup at once.
+        published.store(true, Ordering::SeqCst);
+        let start = Instant::now();
+        let answer = tonic_health::pb::health_client::HealthClient::new(upstream)
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            })
+            .await;
+        assert!(answer.is_ok(), "answered: {answer:?}");
+        assert!(
+            start.elapsed() < Duration::from_millis(800),
+            "found without waiting for the backoff: {:?}",
+            start.elapsed()
+        );
+    }
+
+    /// A health server on its own port that stops (GOAWAY, then closes)
+    /// when `stop` is cancelled.
+    async fn stoppable_upstream(stop: tokio_util::sync::CancellationToken) -> SocketAddr {
+        let (reporter, service) = tonic_health::server::health_reporter();
+        reporter
+            .set_service_status("", tonic_health::ServingStatus::Serving)
+            .await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    stop.cancelled_owned(),
+                ),
+        );
+        addr
+    }
+
+    /// Issue 14, item 4: calls in flight while the server behind a Service
+    /// address goes away gracefully (a rollout: GOAWAY, then the connection
+    /// closes) and the Service routes new connections to its replacement.
+    /// A call hyper cancelled because its connection closed before it was
+    /// written is sent again on a new connection: no call fails.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn calls_survive_a_server_going_away_behind_the_same_address() {
+        let stop_old = tokio_util::sync::CancellationToken::new();
+        let old = stoppable_upstream(stop_old.clone()).await;
+        // The Service: a TCP front that sends each new connection to the
+        // current backend.
+        let backend = Arc::new(Mutex::new(old));
+        let front = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let front_addr = front.local_addr().expect("front addr");
+        let current = backend.clone();
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = front.accept().await {
+                let to = *current.lock().unwrap_or_else(|e| e.into_inner());
+                tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(to).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        let lookup: Lookup =
+            Arc::new(move |_host, _port| Box::pin(async move { Ok(vec![front_addr]) }));
+        let config = UpstreamConfig {
+            name: "inventory",
+            url: "http://inventory-grpc:50051".to_owned(),
+            timeout: Duration::from_secs(2),
+            connect_timeout: Duration::from_millis(500),
+            breaker: BreakerConfig {
+                failure_threshold: 1000,
+                open_for: Duration::from_secs(1),
+                max_open: Duration::from_secs(1),
+            },
+            resolve_every: Duration::from_secs(60),
+        };
+        let upstream = Upstream::with_lookup(&config, &Metrics::new("test"), lookup)
+            .await
+            .expect("upstream");
+
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let callers: Vec<_> = (0..6)
+            .map(|_| {
+                let (upstream, stop) = (upstream.clone(), stop.clone());
+                tokio::spawn(async move {
+                    let (mut calls, mut failures) = (0u32, Vec::new());
+                    while !stop.load(Ordering::SeqCst) {
+                        calls += 1;
+                        let answer =
+                            tonic_health::pb::health_client::HealthClient::new(upstream.clone())
+                                .check(tonic_health::pb::HealthCheckRequest {
+                                    service: String::new(),
+                                })
+                                .await;
+                        if let Err(status) = answer {
+                            failures.push(status.message().to_owned());
+                        }
+                    }
+                    (calls, failures)
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // The rollout: the replacement takes new connections, the old
+        // server goes away.
+        let new = stoppable_upstream(tokio_util::sync::CancellationToken::new()).await;
+        *backend.lock().unwrap_or_else(|e| e.into_inner()) = new;
+        stop_old.cancel();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        stop.store(true, Ordering::SeqCst);
+        let (mut calls, mut failures) = (0, Vec::new());
+        for caller in callers {
+            let (c, f) = caller.await.expect("caller");
+            calls += c;
+            failures.extend(f);
+        }
+        assert!(calls > 50, "calls were made throughout: {calls}");
+        assert!(
+            failures.is_empty(),
+            "{} of {calls} calls failed: {failures:?}",
+            failures.len()
+        );
     }
 
     #[test]
