@@ -285,8 +285,16 @@ mod tests {
             grpc_service: grpc.grpc_service.clone(),
             grpc_method: grpc.grpc_method.clone(),
         };
-        metrics.requests.grpc_server_handled.get_or_create(&grpc).inc();
-        metrics.requests.grpc_client_handled.get_or_create(&grpc).inc();
+        metrics
+            .requests
+            .grpc_server_handled
+            .get_or_create(&grpc)
+            .inc();
+        metrics
+            .requests
+            .grpc_client_handled
+            .get_or_create(&grpc)
+            .inc();
         observe_latency(
             &metrics.requests.grpc_server_duration.get_or_create(&method),
             0.01,
@@ -298,7 +306,10 @@ mod tests {
             &tracing::Span::none(),
         );
         let text = metrics.render().await;
-        assert!(text.contains("grpc_service=\"stockmesh.inventory.v1.InventoryService\""), "{text}");
+        assert!(
+            text.contains("grpc_service=\"stockmesh.inventory.v1.InventoryService\""),
+            "{text}"
+        );
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let mut names = label_names(line);
             let count = names.len();
