@@ -17,11 +17,14 @@
 //! - From the moment shutdown begins (phase 1, see [`crate::shutdown`]) the
 //!   answer is 503 at once, without running any check.
 //!
-//! Every check is bounded by [`CHECK_TIMEOUT`], so `/readyz` answers within
-//! a probe's timeout (1 s) whatever its dependencies do. The same verdict
-//! drives the gRPC `grpc.health.v1` status.
+//! Every check is bounded by [`CHECK_TIMEOUT`], and a dependency's result is
+//! reused for [`DEPENDENCY_REFRESH`] and then refreshed in the background, so
+//! `/readyz` answers within a probe's timeout (1 s) whatever its dependencies
+//! do — at once, on a loaded machine too, once the first result is in. The
+//! same verdict drives the gRPC `grpc.health.v1` status.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Json;
@@ -42,6 +45,10 @@ type CheckFn = Arc<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + S
 /// probes' 1 s timeout, so the answer always arrives in time.
 pub const CHECK_TIMEOUT: Duration = Duration::from_millis(500);
 
+/// How long a dependency's last result is reused before it is checked again
+/// (in the background: the answer does not wait for it).
+pub const DEPENDENCY_REFRESH: Duration = Duration::from_secs(1);
+
 #[derive(Clone)]
 struct Check {
     name: &'static str,
@@ -54,6 +61,18 @@ struct Check {
 pub struct Readiness {
     checks: Arc<Vec<Check>>,
     shutdown: Shutdown,
+    dependencies: Arc<DependencyCache>,
+}
+
+/// Check results, each with the index of its check (to keep their order).
+type Indexed = Vec<(usize, CheckResult)>;
+
+/// The dependencies' last results and when they were taken; one background
+/// refresh at a time.
+#[derive(Default)]
+struct DependencyCache {
+    last: Mutex<Option<(tokio::time::Instant, Indexed)>>,
+    refreshing: AtomicBool,
 }
 
 /// Outcome of one readiness evaluation.
@@ -83,6 +102,7 @@ impl Readiness {
         Self {
             checks: Arc::new(Vec::new()),
             shutdown,
+            dependencies: Arc::default(),
         }
     }
 
@@ -125,20 +145,65 @@ impl Readiness {
         &self.shutdown
     }
 
-    /// Runs every check concurrently, each bounded by [`CHECK_TIMEOUT`];
-    /// answers at once, without checks, once shutdown has begun.
+    /// Runs the required checks concurrently, each bounded by
+    /// [`CHECK_TIMEOUT`], and reports the dependencies' latest results
+    /// (checked inline only the first time); answers at once, without
+    /// checks, once shutdown has begun.
     pub async fn evaluate(&self) -> ReadinessReport {
         if self.shutdown.is_draining() {
             return Self::shutting_down();
         }
-        let checks = self.run_checks().await;
+        let (required, dependencies) =
+            futures::future::join(self.run(|c| c.required), self.dependency_results()).await;
         if self.shutdown.is_draining() {
             return Self::shutting_down();
         }
+        let mut checks: Vec<(usize, CheckResult)> =
+            required.into_iter().chain(dependencies).collect();
+        checks.sort_by_key(|(index, _)| *index);
+        let checks: Vec<CheckResult> = checks.into_iter().map(|(_, c)| c).collect();
         ReadinessReport {
             ready: checks.iter().all(|c| c.ok || !c.required),
             checks,
         }
+    }
+
+    /// The dependencies' latest results: checked now the first time, then
+    /// reused, and refreshed in the background once older than
+    /// [`DEPENDENCY_REFRESH`].
+    async fn dependency_results(&self) -> Indexed {
+        let cached = self
+            .dependencies
+            .last
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        match cached {
+            Some((taken, results)) => {
+                if taken.elapsed() >= DEPENDENCY_REFRESH
+                    && !self.dependencies.refreshing.swap(true, Ordering::SeqCst)
+                {
+                    let this = self.clone();
+                    tokio::spawn(async move {
+                        this.refresh_dependencies().await;
+                        this.dependencies.refreshing.store(false, Ordering::SeqCst);
+                    });
+                }
+                results
+            }
+            None => self.refresh_dependencies().await,
+        }
+    }
+
+    async fn refresh_dependencies(&self) -> Indexed {
+        let results = self.run(|c| !c.required).await;
+        *self
+            .dependencies
+            .last
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) =
+            Some((tokio::time::Instant::now(), results.clone()));
+        results
     }
 
     fn shutting_down() -> ReadinessReport {
@@ -153,22 +218,41 @@ impl Readiness {
         }
     }
 
+    /// Runs every check now (metrics), in their order.
     async fn run_checks(&self) -> Vec<CheckResult> {
-        let runs = self.checks.iter().map(|check| {
-            let fut = (check.run)();
-            async move {
-                let outcome = match tokio::time::timeout(CHECK_TIMEOUT, fut).await {
-                    Ok(outcome) => outcome,
-                    Err(_) => Err(format!("no answer within {} ms", CHECK_TIMEOUT.as_millis())),
-                };
-                CheckResult {
-                    name: check.name,
-                    ok: outcome.is_ok(),
-                    required: check.required,
-                    error: outcome.err(),
+        self.run(|_| true)
+            .await
+            .into_iter()
+            .map(|(_, c)| c)
+            .collect()
+    }
+
+    /// Runs the checks `which` selects, concurrently, each bounded by
+    /// [`CHECK_TIMEOUT`]; each result with the check's index.
+    async fn run(&self, which: impl Fn(&Check) -> bool) -> Indexed {
+        let runs = self
+            .checks
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| which(c))
+            .map(|(index, check)| {
+                let fut = (check.run)();
+                async move {
+                    let outcome = match tokio::time::timeout(CHECK_TIMEOUT, fut).await {
+                        Ok(outcome) => outcome,
+                        Err(_) => Err(format!("no answer within {} ms", CHECK_TIMEOUT.as_millis())),
+                    };
+                    (
+                        index,
+                        CheckResult {
+                            name: check.name,
+                            ok: outcome.is_ok(),
+                            required: check.required,
+                            error: outcome.err(),
+                        },
+                    )
                 }
-            }
-        });
+            });
         futures::future::join_all(runs).await
     }
 
@@ -234,7 +318,7 @@ mod tests {
         }
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn required_checks_gate_readiness_and_dependencies_do_not() {
         let broker = Arc::new(AtomicBool::new(true));
         let database = Arc::new(AtomicBool::new(true));
@@ -245,6 +329,11 @@ mod tests {
         assert!(readiness.evaluate().await.ready);
 
         database.store(false, Ordering::SeqCst);
+        // Seen once the last result is older than the refresh period: that
+        // answer still carries it and starts a refresh, the next one has it.
+        tokio::time::sleep(DEPENDENCY_REFRESH).await;
+        assert!(readiness.evaluate().await.checks[0].ok);
+        settle().await;
         let report = readiness.evaluate().await;
         assert!(
             report.ready,
@@ -267,6 +356,44 @@ mod tests {
         let report = readiness.evaluate().await;
         assert!(!report.ready);
         assert_eq!(report.checks[0].name, "shutdown");
+    }
+
+    /// Lets spawned tasks run without moving the paused clock.
+    async fn settle() {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// Once a dependency has a result, an answer never waits for it, even
+    /// while it hangs: the refresh runs in the background.
+    #[tokio::test(start_paused = true)]
+    async fn a_hanging_dependency_delays_only_the_first_answer() {
+        let hanging = Arc::new(AtomicBool::new(false));
+        let flag = hanging.clone();
+        let readiness = Readiness::new(Shutdown::new()).with_dependency("database", move || {
+            let hang = flag.load(Ordering::SeqCst);
+            async move {
+                if hang {
+                    std::future::pending::<()>().await;
+                }
+                Ok(())
+            }
+        });
+        assert!(readiness.evaluate().await.checks[0].ok);
+        hanging.store(true, Ordering::SeqCst);
+        tokio::time::sleep(DEPENDENCY_REFRESH).await;
+        for _ in 0..5 {
+            let start = tokio::time::Instant::now();
+            let report = readiness.evaluate().await;
+            assert_eq!(start.elapsed(), Duration::ZERO, "answered at once");
+            assert!(report.ready);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // The background refresh timed out meanwhile: reported, not ready-gating.
+        let report = readiness.evaluate().await;
+        assert!(report.ready);
+        assert!(!report.checks[0].ok, "{report:?}");
     }
 
     #[tokio::test(start_paused = true)]
