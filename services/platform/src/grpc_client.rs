@@ -290,8 +290,12 @@ async fn call_transparently(
     }
 }
 
-/// Whether a transport error says the request was never written to the
-/// connection (hyper cancelled it because the connection closed first).
+/// Whether a transport error says the server never processed the request,
+/// so that sending it again cannot do it twice: hyper cancelled it because
+/// the connection closed before it was written, or the server's graceful
+/// GOAWAY (reason NO_ERROR, a server going away in a rollout) refused its
+/// stream — HTTP/2 reports exactly the streams above the GOAWAY's last
+/// stream id this way, and those were not processed (RFC 9113, 6.8).
 fn never_sent(err: &(dyn std::error::Error + 'static)) -> bool {
     let mut source = Some(err);
     while let Some(err) = source {
@@ -299,6 +303,11 @@ fn never_sent(err: &(dyn std::error::Error + 'static)) -> bool {
             .downcast_ref::<hyper::Error>()
             .is_some_and(hyper::Error::is_canceled)
         {
+            return true;
+        }
+        if err.downcast_ref::<h2::Error>().is_some_and(|e| {
+            e.is_go_away() && e.is_remote() && e.reason() == Some(h2::Reason::NO_ERROR)
+        }) {
             return true;
         }
         source = err.source();
