@@ -59,18 +59,23 @@ stack_wait notification "http://127.0.0.1:$((base + 85))/readyz"
 
 failed=0
 passed=0
-# fuzz NAME PORT [schemathesis options]: each run logs in anew, so a
-# session ended by an earlier run (logout) does not leave it only 401s.
+# Every run gets its own admin session, all logged in before any fuzzing:
+# the user API's fuzzing may end the admin's sessions or change the admin
+# (a role change, a deletion once another admin exists), after which a new
+# login can fail; the other services verify tokens offline, and logout is
+# fuzzed on its own session (logout ends the session whose token it gets).
+login() { stack_login "$admin_email" "$admin_password" "http://127.0.0.1:$((base + 81))"; }
+declare -A tokens
+for run in users logout products orders notifications; do tokens[$run]="$(login)"; done
+# fuzz RUN NAME PORT [schemathesis options]
 fuzz() {
-  local name="$1" port="$2"
-  shift 2
+  local run="$1" name="$2" port="$3"
+  shift 3
   local url="http://127.0.0.1:$port/api/$name/openapi.json"
-  local token
-  token="$(stack_login "$admin_email" "$admin_password" "http://127.0.0.1:$((base + 81))")"
   printf '\n== schemathesis: %s (%s) %s\n' "$name" "$url" "$*"
   if "$tools_bin/schemathesis" run "$url" "$@" \
       --checks not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance \
-      --header "Authorization: Bearer $token" \
+      --header "Authorization: Bearer ${tokens[$run]}" \
       --max-examples "$examples" \
       --phases examples,coverage,fuzzing \
       --workers 1 \
@@ -100,11 +105,11 @@ fi
 
 # Logout ends the session whose token the fuzzer sends: the rest of the
 # user API is fuzzed first, logout on its own afterwards.
-fuzz users $((base + 81)) --exclude-operation-id logout
-fuzz users $((base + 81)) --include-operation-id logout
-fuzz products $((base + 82))
-fuzz orders $((base + 84))
-fuzz notifications $((base + 85))
+fuzz users users $((base + 81)) --exclude-operation-id logout
+fuzz logout users $((base + 81)) --include-operation-id logout
+fuzz products products $((base + 82))
+fuzz orders orders $((base + 84))
+fuzz notifications notifications $((base + 85))
 
 echo
 echo "api-fuzz: $passed passed, $failed failed"
