@@ -20,8 +20,11 @@
 //! Every check is bounded by [`CHECK_TIMEOUT`], and a dependency's result is
 //! reused for [`DEPENDENCY_REFRESH`] and then refreshed in the background, so
 //! `/readyz` answers within a probe's timeout (1 s) whatever its dependencies
-//! do — at once, on a loaded machine too, once the first result is in. The
-//! same verdict drives the gRPC `grpc.health.v1` status.
+//! do — at once, on a loaded machine too, while it is asked regularly (as
+//! probes do). A result older than [`DEPENDENCY_STALE`] is never reported:
+//! after a quiet spell the answer waits for a fresh check (at most
+//! [`CHECK_TIMEOUT`]) rather than tell what was true long ago. The same
+//! verdict drives the gRPC `grpc.health.v1` status.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -48,6 +51,11 @@ pub const CHECK_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long a dependency's last result is reused before it is checked again
 /// (in the background: the answer does not wait for it).
 pub const DEPENDENCY_REFRESH: Duration = Duration::from_secs(1);
+
+/// How old a dependency's result may be and still be reported; older ones
+/// are checked again before answering. Longer than a probe period plus a
+/// refresh, so regular probes always get the cached answer at once.
+pub const DEPENDENCY_STALE: Duration = Duration::from_secs(3);
 
 #[derive(Clone)]
 struct Check {
@@ -168,7 +176,8 @@ impl Readiness {
         }
     }
 
-    /// The dependencies' latest results: checked now the first time, then
+    /// The dependencies' latest results: checked now the first time (and
+    /// whenever the last result is older than [`DEPENDENCY_STALE`]), else
     /// reused, and refreshed in the background once older than
     /// [`DEPENDENCY_REFRESH`].
     async fn dependency_results(&self) -> Indexed {
@@ -179,7 +188,7 @@ impl Readiness {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         match cached {
-            Some((taken, results)) => {
+            Some((taken, results)) if taken.elapsed() < DEPENDENCY_STALE => {
                 if taken.elapsed() >= DEPENDENCY_REFRESH
                     && !self.dependencies.refreshing.swap(true, Ordering::SeqCst)
                 {
@@ -191,7 +200,7 @@ impl Readiness {
                 }
                 results
             }
-            None => self.refresh_dependencies().await,
+            _ => self.refresh_dependencies().await,
         }
     }
 
@@ -394,6 +403,31 @@ mod tests {
         let report = readiness.evaluate().await;
         assert!(report.ready);
         assert!(!report.checks[0].ok, "{report:?}");
+    }
+
+    /// After a quiet spell longer than [`DEPENDENCY_STALE`] (no probe asked),
+    /// the old result is not reported: the answer checks again, and waits
+    /// for it no longer than [`CHECK_TIMEOUT`].
+    #[tokio::test(start_paused = true)]
+    async fn a_result_older_than_the_stale_limit_is_checked_again_before_answering() {
+        let database = Arc::new(AtomicBool::new(true));
+        let readiness =
+            Readiness::new(Shutdown::new()).with_dependency("database", flagged(&database));
+        assert!(readiness.evaluate().await.checks[0].ok);
+        database.store(false, Ordering::SeqCst);
+        tokio::time::sleep(DEPENDENCY_STALE).await;
+        let report = readiness.evaluate().await;
+        assert!(!report.checks[0].ok, "{report:?}");
+        assert!(report.ready, "a dependency does not gate readiness");
+
+        let hanging = Readiness::new(Shutdown::new())
+            .with_dependency("database", std::future::pending::<Result<(), String>>);
+        let _ = hanging.evaluate().await;
+        tokio::time::sleep(DEPENDENCY_STALE * 2).await;
+        let start = tokio::time::Instant::now();
+        let report = hanging.evaluate().await;
+        assert_eq!(start.elapsed(), CHECK_TIMEOUT);
+        assert!(!report.checks[0].ok);
     }
 
     #[tokio::test(start_paused = true)]
