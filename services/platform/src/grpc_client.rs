@@ -9,15 +9,17 @@
 //! left of the caller's own deadline, and enforces it; tells the breaker how
 //! it went; counts the call per method and code. Calls are spread over every
 //! address the upstream's name resolves to (a headless Service gives one per
-//! pod), re-resolved periodically — and at once (then with a short, growing
-//! backoff) while the name has no address, or when a call could not reach
-//! the upstream, so pods that became ready after the last lookup are found
-//! within a call's deadline. A call that never reached the server (its
-//! connection closed first: a server going away in a rollout) is sent again
-//! at once on a new connection, whatever the call. [`retry`] adds bounded,
-//! jittered retries for idempotent calls, within a process-wide retry budget.
+//! pod; see `balancer.rs`, which also steers calls away from an address
+//! whose connection just failed), re-resolved periodically — and at once
+//! (then with a short, growing backoff) while the name has no address, or
+//! when a call could not reach the upstream, so pods that became ready after
+//! the last lookup are found within a call's deadline. A call that never
+//! reached the server (its connection closed first: a server going away in a
+//! rollout) is sent again at once to another address, whatever the call.
+//! [`retry`] adds bounded retries for idempotent calls, within a
+//! process-wide retry budget: at once after a connection failure, else after
+//! a jittered backoff.
 
-use std::collections::HashSet;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -26,12 +28,13 @@ use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use http::{HeaderValue, Request, Response};
+use tokio::sync::watch;
 use tonic::body::Body;
-use tonic::transport::channel::Change;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 use tower::Service;
 use tracing::Instrument;
 
+use crate::balancer::{self, Backends, Lookup, Resolver, dns_lookup};
 use crate::breaker::{Breaker, BreakerConfig, is_upstream_failure};
 use crate::config::EnvReader;
 use crate::deadline;
@@ -42,6 +45,11 @@ use crate::telemetry;
 /// Metadata key marking a call failed fast by an open breaker.
 pub const CIRCUIT_OPEN: &str = "x-circuit-open";
 
+/// Metadata key marking a call that failed because its connection did
+/// (refused, reset, closed): [`retry`] sends an idempotent call again at
+/// once, and the address that failed is avoided, so it goes to another one.
+pub const CONNECTION_FAILED: &str = "x-connection-failed";
+
 /// Shortest pause between two lookups of an upstream's name: a burst of
 /// failing calls asks for one lookup, not one each.
 const RESOLVE_MIN_GAP: Duration = Duration::from_millis(100);
@@ -49,20 +57,6 @@ const RESOLVE_MIN_GAP: Duration = Duration::from_millis(100);
 /// [`RESOLVE_MIN_GAP`], doubling up to this (and never later than the
 /// regular period): right after a rollout the pods appear within a second.
 const EMPTY_RESOLVE_MAX: Duration = Duration::from_secs(2);
-
-/// Looks an upstream's host and port up (DNS; tests substitute their own).
-type Lookup =
-    Arc<dyn Fn(String, u16) -> BoxFuture<'static, std::io::Result<Vec<SocketAddr>>> + Send + Sync>;
-
-fn dns_lookup() -> Lookup {
-    Arc::new(|host, port| {
-        Box::pin(async move {
-            tokio::net::lookup_host((host.as_str(), port))
-                .await
-                .map(|addrs| addrs.collect())
-        })
-    })
-}
 
 /// Where an upstream lives and how calls to it behave.
 #[derive(Debug, Clone)]
@@ -118,12 +112,11 @@ fn host_port(url: &str) -> Option<(String, u16)> {
 #[derive(Clone)]
 pub struct Upstream {
     name: &'static str,
-    channel: Channel,
     timeout: Duration,
     metrics: RequestMetrics,
     breaker: Breaker,
-    /// How many addresses the last lookup found.
-    addresses: Arc<std::sync::atomic::AtomicUsize>,
+    /// The addresses the last lookup found, each with its connection.
+    backends: watch::Receiver<Backends>,
     /// Wakes the resolver for a lookup now.
     resolve_now: Arc<tokio::sync::Notify>,
 }
@@ -146,7 +139,6 @@ impl Upstream {
         } else {
             "http"
         };
-        let (channel, changes) = Channel::balance_channel::<SocketAddr>(64);
         let connect_timeout = config.connect_timeout;
         let endpoint = move |addr: SocketAddr| {
             Endpoint::from_shared(format!("{scheme}://{addr}")).map(|e| {
@@ -156,18 +148,25 @@ impl Upstream {
                     .keep_alive_while_idle(true)
             })
         };
-        let name = config.name;
-        let every = config.resolve_every;
-        let mut known: HashSet<SocketAddr> = HashSet::new();
-        resolve_once(name, &lookup, &host, port, &mut known, &changes, &endpoint).await;
-        let addresses = Arc::new(std::sync::atomic::AtomicUsize::new(known.len()));
+        let (sender, backends) = watch::channel(Backends::default());
+        let resolver = Resolver {
+            name: config.name,
+            lookup,
+            host,
+            port,
+            endpoint,
+            backends: sender,
+        };
+        resolver.resolve_once().await;
         let resolve_now = Arc::new(tokio::sync::Notify::new());
-        let (count, wake) = (addresses.clone(), resolve_now.clone());
+        let every = config.resolve_every;
+        let wake = resolve_now.clone();
         tokio::spawn(async move {
             let mut last = tokio::time::Instant::now();
             let mut empty_backoff = RESOLVE_MIN_GAP;
             loop {
-                let wait = if known.is_empty() {
+                let empty = resolver.backends.borrow().is_empty();
+                let wait = if empty {
                     empty_backoff.min(every)
                 } else {
                     every
@@ -178,13 +177,12 @@ impl Upstream {
                         tokio::time::sleep_until(last + RESOLVE_MIN_GAP).await;
                     }
                 }
-                if changes.is_closed() {
+                if resolver.backends.is_closed() {
                     return;
                 }
-                resolve_once(name, &lookup, &host, port, &mut known, &changes, &endpoint).await;
+                resolver.resolve_once().await;
                 last = tokio::time::Instant::now();
-                count.store(known.len(), std::sync::atomic::Ordering::Relaxed);
-                empty_backoff = if known.is_empty() {
+                empty_backoff = if resolver.backends.borrow().is_empty() {
                     (empty_backoff * 2).min(EMPTY_RESOLVE_MAX)
                 } else {
                     RESOLVE_MIN_GAP
@@ -193,14 +191,13 @@ impl Upstream {
         });
         Ok(Self {
             name: config.name,
-            channel,
             timeout: config.timeout,
             metrics: metrics.requests.clone(),
             // A call is cut off at `timeout` and then records its outcome,
             // so a probe still unanswered a second later is lost for good.
             breaker: Breaker::new(config.name, config.breaker, metrics.breakers.clone())
                 .with_probe_timeout(config.timeout + Duration::from_secs(1)),
-            addresses,
+            backends,
             resolve_now,
         })
     }
@@ -215,58 +212,32 @@ impl Upstream {
     }
 }
 
-/// One DNS round: adds new addresses, removes vanished ones.
-async fn resolve_once<F>(
-    name: &str,
-    lookup: &Lookup,
-    host: &str,
-    port: u16,
-    known: &mut HashSet<SocketAddr>,
-    changes: &tokio::sync::mpsc::Sender<Change<SocketAddr, Endpoint>>,
-    endpoint: &F,
-) where
-    F: Fn(SocketAddr) -> Result<Endpoint, tonic::transport::Error>,
-{
-    let found: HashSet<SocketAddr> = match lookup(host.to_owned(), port).await {
-        Ok(addrs) => addrs.into_iter().collect(),
-        Err(err) => {
-            tracing::warn!(upstream = name, error = %err, "cannot resolve upstream; keeping known addresses");
-            return;
-        }
-    };
-    if found.is_empty() {
-        return;
-    }
-    for addr in found.difference(known) {
-        if let Ok(ep) = endpoint(*addr) {
-            tracing::info!(upstream = name, %addr, "upstream address added");
-            let _ = changes.send(Change::Insert(*addr, ep)).await;
-        }
-    }
-    for addr in known.difference(&found) {
-        tracing::info!(upstream = name, %addr, "upstream address removed");
-        let _ = changes.send(Change::Remove(*addr)).await;
-    }
-    *known = found;
-}
-
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Attempts of one call when the request never reached the server.
 const TRANSPARENT_ATTEMPTS: u32 = 3;
 
-/// Sends a unary call, and sends it again at once (on a new connection) when
-/// it was never sent: a request queued on a connection that closed before
-/// writing it — a server going away (GOAWAY) during a rollout — fails with
-/// hyper's `Canceled`, and repeating it is safe for any call, idempotent or
-/// not, since the server never saw it. The body is buffered to be sent again
-/// (unary calls only: the platform's upstreams have no streaming calls).
-async fn call_transparently(
-    channel: &mut Channel,
+/// Sends a unary call to one of the upstream's addresses (waiting, within
+/// the caller's deadline, for the name to have one). When the connection
+/// fails, the address is avoided for a while and a lookup is asked for at
+/// once. A call that was never sent — queued on a connection that closed
+/// before writing it, or refused by a server going away (GOAWAY) in a
+/// rollout — is sent again at once to another address, whatever the call,
+/// since the server never saw it. Any other connection failure is returned
+/// as UNAVAILABLE marked [`CONNECTION_FAILED`], for [`retry`] to send an
+/// idempotent call again. The body is buffered to be sent again (unary
+/// calls only: the platform's upstreams have no streaming calls).
+async fn send(
+    upstream: &'static str,
+    mut backends: watch::Receiver<Backends>,
+    resolve_now: &tokio::sync::Notify,
     request: Request<Body>,
-) -> Result<Response<Body>, BoxError> {
+) -> Result<Response<Body>, tonic::Status> {
     let (parts, body) = request.into_parts();
-    let bytes = http_body_util::BodyExt::collect(body).await?.to_bytes();
+    let bytes = http_body_util::BodyExt::collect(body)
+        .await
+        .map_err(|err| tonic::Status::internal(format!("request body: {err}")))?
+        .to_bytes();
     let rebuild = || {
         let mut request = Request::new(Body::new(http_body_util::Full::new(bytes.clone())));
         *request.method_mut() = parts.method.clone();
@@ -276,17 +247,57 @@ async fn call_transparently(
         *request.extensions_mut() = parts.extensions.clone();
         request
     };
+    let mut failed_at = None;
     let mut attempt = 1;
     loop {
-        let request = rebuild();
-        futures::future::poll_fn(|cx| channel.poll_ready(cx)).await?;
-        match channel.call(request).await {
-            Err(err) if attempt < TRANSPARENT_ATTEMPTS && never_sent(&err) => {
-                tracing::debug!(attempt, error = %crate::error::ErrorChain(&err), "call never sent, sending it again");
-                attempt += 1;
+        let backend = loop {
+            let current = backends.borrow_and_update().clone();
+            if let Some(backend) = balancer::pick(&current, failed_at) {
+                break backend;
             }
-            result => return result.map_err(BoxError::from),
+            // No address yet (the pods were not ready at the last lookup):
+            // look again now, and take the first one found.
+            resolve_now.notify_one();
+            if backends.changed().await.is_err() {
+                return Err(tonic::Status::unavailable(format!(
+                    "{upstream} has no address"
+                )));
+            }
+        };
+        let span = tracing::Span::current();
+        span.record("server.address", backend.addr.ip().to_string());
+        span.record("server.port", backend.addr.port());
+        let (mut channel, _in_flight) = backend.checkout();
+        let sent = match futures::future::poll_fn(|cx| channel.poll_ready(cx)).await {
+            Ok(()) => channel.call(rebuild()).await,
+            Err(err) => Err(err),
+        };
+        let err: BoxError = match sent {
+            Ok(response) => {
+                backend.trust();
+                return Ok(response);
+            }
+            Err(err) => err.into(),
+        };
+        // The address may be gone (a pod replaced): steer away from it,
+        // and the next lookup should not wait its turn.
+        backend.avoid();
+        resolve_now.notify_one();
+        if attempt < TRANSPARENT_ATTEMPTS && never_sent(&*err) {
+            tracing::debug!(attempt, addr = %backend.addr, error = %crate::error::ErrorChain(&*err), "call never sent, sending it again");
+            failed_at = Some(backend.addr);
+            attempt += 1;
+            continue;
         }
+        let mut status = tonic::Status::unavailable(format!(
+            "{upstream} unreachable at {}: {}",
+            backend.addr,
+            crate::error::ErrorChain(&*err)
+        ));
+        if let Ok(value) = "1".parse() {
+            status.metadata_mut().insert(CONNECTION_FAILED, value);
+        }
+        return Err(status);
     }
 }
 
@@ -340,13 +351,8 @@ impl Service<Request<Body>> for Upstream {
     }
 
     fn call(&mut self, mut request: Request<Body>) -> Self::Future {
-        // No address yet (the pods were not ready at the last lookup): look
-        // again now; the call waits for an address within its deadline.
-        if self.addresses.load(std::sync::atomic::Ordering::Relaxed) == 0 {
-            self.resolve_now.notify_one();
-        }
         let resolve_now = self.resolve_now.clone();
-        let mut channel = self.channel.clone();
+        let backends = self.backends.clone();
         let metrics = self.metrics.clone();
         let breaker = self.breaker.clone();
         let upstream = self.name;
@@ -363,6 +369,8 @@ impl Service<Request<Body>> for Upstream {
             rpc.service = %service,
             rpc.method = %method,
             peer.service = upstream,
+            server.address = tracing::field::Empty,
+            server.port = tracing::field::Empty,
             rpc.grpc.status_code = tracing::field::Empty,
             otel.status_code = tracing::field::Empty,
             error.type = tracing::field::Empty,
@@ -382,18 +390,10 @@ impl Service<Request<Body>> for Upstream {
                         {
                             request.headers_mut().insert("grpc-timeout", value);
                         }
-                        let call = call_transparently(&mut channel, request);
+                        let call = send(upstream, backends, &resolve_now, request);
                         let result = match tokio::time::timeout(budget, call).await {
                             Ok(Ok(response)) => Ok(response),
-                            Ok(Err(err)) => {
-                                // The address may be gone (a pod replaced):
-                                // the next lookup should not wait its turn.
-                                resolve_now.notify_one();
-                                Err(BoxError::from(tonic::Status::unavailable(format!(
-                                    "{upstream} unreachable: {}",
-                                    crate::error::ErrorChain(&*err)
-                                ))))
-                            }
+                            Ok(Err(status)) => Err(BoxError::from(status)),
                             Err(_) => {
                                 Err(BoxError::from(tonic::Status::deadline_exceeded(format!(
                                     "{upstream} did not answer within {} ms",
@@ -506,8 +506,11 @@ impl RetryBudget {
 
 /// Runs an idempotent call up to `attempts` times while it fails with
 /// UNAVAILABLE (not when the breaker failed it fast, and not once the
-/// caller's deadline is spent), with jittered exponential backoff, within
-/// `budget`. Only for calls that are safe to repeat.
+/// caller's deadline is spent), within `budget`. A call whose connection
+/// failed ([`CONNECTION_FAILED`]: a server going away, a pod gone) is sent
+/// again at once — the failed address is avoided, so it goes to another;
+/// other failures wait a jittered exponential backoff first. Only for calls
+/// that are safe to repeat.
 pub async fn retry<T, F, Fut>(
     budget: &RetryBudget,
     attempts: u32,
@@ -526,15 +529,19 @@ where
             Err(status) => {
                 let retryable = status.code() == tonic::Code::Unavailable
                     && status.metadata().get(CIRCUIT_OPEN).is_none();
-                let time_left = deadline::remaining().is_none_or(|left| left > backoff * 2);
+                let at_once = status.metadata().get(CONNECTION_FAILED).is_some();
+                let pause = if at_once { Duration::ZERO } else { backoff };
+                let time_left = deadline::remaining().is_none_or(|left| left > pause * 2);
                 if !retryable || attempt >= attempts || !time_left || !budget.withdraw() {
                     return Err(status);
                 }
-                let jitter =
-                    backoff.mul_f64((uuid::Uuid::new_v4().as_u128() % 1000) as f64 / 1000.0);
-                tracing::debug!(attempt, code = ?status.code(), "retrying idempotent call");
-                tokio::time::sleep(backoff + jitter).await;
-                backoff *= 2;
+                tracing::debug!(attempt, code = ?status.code(), at_once, "retrying idempotent call");
+                if !at_once {
+                    let jitter =
+                        backoff.mul_f64((uuid::Uuid::new_v4().as_u128() % 1000) as f64 / 1000.0);
+                    tokio::time::sleep(backoff + jitter).await;
+                    backoff *= 2;
+                }
                 attempt += 1;
             }
         }
@@ -874,6 +881,162 @@ mod tests {
             "{} of {calls} calls failed: {failures:?}",
             failures.len()
         );
+    }
+
+    /// A health server on its own port and its own runtime, killed (every
+    /// connection dropped, the port closed: a pod's process gone) by
+    /// sending on the returned channel.
+    fn killable_upstream() -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let (kill, killed) = tokio::sync::oneshot::channel::<()>();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async move {
+                let (reporter, service) = tonic_health::server::health_reporter();
+                reporter
+                    .set_service_status("", tonic_health::ServingStatus::Serving)
+                    .await;
+                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+                let serve = tonic::transport::Server::builder()
+                    .add_service(service)
+                    .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
+                tokio::select! {
+                    _ = serve => {}
+                    _ = killed => {}
+                }
+            });
+            // Dropping the runtime drops every connection task with it.
+            drop(runtime);
+        });
+        (addr, kill)
+    }
+
+    async fn check(upstream: &Upstream) -> Result<(), tonic::Status> {
+        tonic_health::pb::health_client::HealthClient::new(upstream.clone())
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// Issue 14, item 4: one of three pods dies abruptly (its calls in
+    /// flight reset, its port refusing) while calls flow, and the name still
+    /// lists its address (DNS has not caught up). Idempotent calls (through
+    /// [`retry`]) that meet it are sent again at once to another address:
+    /// none fails. And the dead address is avoided, so even calls that are
+    /// not retried stop meeting it after its first failures.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn calls_meeting_a_dead_address_go_to_another_at_once() {
+        let (first, _a) = killable_upstream();
+        let (second, _b) = killable_upstream();
+        let (doomed, kill) = killable_upstream();
+        let lookup: Lookup =
+            Arc::new(move |_host, _port| Box::pin(async move { Ok(vec![first, second, doomed]) }));
+        let config = UpstreamConfig {
+            name: "inventory",
+            url: "http://inventory-grpc:50051".to_owned(),
+            timeout: Duration::from_secs(2),
+            connect_timeout: Duration::from_millis(500),
+            breaker: BreakerConfig {
+                failure_threshold: 1000,
+                open_for: Duration::from_secs(1),
+                max_open: Duration::from_secs(1),
+            },
+            resolve_every: Duration::from_secs(60),
+        };
+        let upstream = Upstream::with_lookup(&config, &Metrics::new("test"), lookup)
+            .await
+            .expect("upstream");
+        let budget = RetryBudget::new(0.2);
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let callers: Vec<_> = (0..6)
+            .map(|_| {
+                let (upstream, stop, budget) = (upstream.clone(), stop.clone(), budget.clone());
+                tokio::spawn(async move {
+                    let (mut calls, mut failures) = (0u32, Vec::new());
+                    while !stop.load(Ordering::SeqCst) {
+                        calls += 1;
+                        if let Err(status) = retry(&budget, 3, || check(&upstream)).await {
+                            failures.push(status.message().to_owned());
+                        }
+                    }
+                    (calls, failures)
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let _ = kill.send(());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        stop.store(true, Ordering::SeqCst);
+        let (mut calls, mut failures) = (0, Vec::new());
+        for caller in callers {
+            let (c, f) = caller.await.expect("caller");
+            calls += c;
+            failures.extend(f);
+        }
+        assert!(calls > 50, "calls were made throughout: {calls}");
+        assert!(
+            failures.is_empty(),
+            "{} of {calls} idempotent calls failed, first: {:?}",
+            failures.len(),
+            failures.first()
+        );
+
+        // Still listed, but avoided: plain calls (no retry) go elsewhere.
+        let mut failed = 0;
+        for _ in 0..100 {
+            if check(&upstream).await.is_err() {
+                failed += 1;
+            }
+        }
+        assert_eq!(
+            failed, 0,
+            "calls after the failure avoided the dead address"
+        );
+    }
+
+    /// A connection failure is retried without a backoff (the failed
+    /// address is avoided, so the next attempt goes elsewhere); other
+    /// UNAVAILABLE answers wait first.
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_failure_is_retried_at_once() {
+        let budget = RetryBudget::new(0.1);
+        let calls = AtomicU32::new(0);
+        let start = tokio::time::Instant::now();
+        let result = retry(&budget, 3, || async {
+            if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                let mut status = tonic::Status::unavailable("connection reset");
+                status
+                    .metadata_mut()
+                    .insert(CONNECTION_FAILED, "1".parse().expect("ascii"));
+                Err(status)
+            } else {
+                Ok(())
+            }
+        })
+        .await;
+        assert!(result.is_ok());
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        assert_eq!(start.elapsed(), Duration::ZERO, "sent again at once");
+
+        calls.store(0, Ordering::SeqCst);
+        let start = tokio::time::Instant::now();
+        let result = retry(&budget, 3, || async {
+            if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                Err(tonic::Status::unavailable("overloaded"))
+            } else {
+                Ok(())
+            }
+        })
+        .await;
+        assert!(result.is_ok());
+        assert!(start.elapsed() >= Duration::from_millis(20), "backed off");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! repositories store.
 
 pub mod auth;
+mod balancer;
 pub mod breaker;
 pub mod broker;
 pub mod config;
