@@ -71,6 +71,12 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Consecutive failures per object, for the exponential backoff.
     failures: Mutex<HashMap<String, u32>>,
+    /// Per child object (`Kind/namespace/name`): the applied-hash of the
+    /// last successful apply and the desired fields the API server did not
+    /// keep as applied ([`drift::served_deviations`]); the drift check
+    /// accepts the server's values there until the desired object changes.
+    /// Only objects with such fields have an entry.
+    served: Mutex<HashMap<String, (String, drift::Accepted)>>,
 }
 
 impl Context {
@@ -84,6 +90,41 @@ impl Context {
             client,
             metrics,
             failures: Mutex::new(HashMap::new()),
+            served: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// What the drift check accepts for a child whose desired object has
+    /// the applied-hash `hash`: the server's values recorded after the last
+    /// apply of that same desired object, else nothing.
+    fn accepted(&self, child: &str, hash: &str) -> drift::Accepted {
+        let Ok(map) = self.served.lock() else {
+            return drift::Accepted::new();
+        };
+        map.get(child)
+            .filter(|(h, _)| h == hash)
+            .map(|(_, accepted)| accepted.clone())
+            .unwrap_or_default()
+    }
+
+    /// Records what the server kept of a child right after applying it.
+    fn remember_served(&self, child: &str, hash: Option<&str>, accepted: drift::Accepted) {
+        let Ok(mut map) = self.served.lock() else {
+            return;
+        };
+        match hash {
+            Some(hash) if !accepted.is_empty() => {
+                map.insert(child.to_owned(), (hash.to_owned(), accepted));
+            }
+            _ => {
+                map.remove(child);
+            }
+        }
+    }
+
+    fn forget_served(&self, child: &str) {
+        if let Ok(mut map) = self.served.lock() {
+            map.remove(child);
         }
     }
 
@@ -297,6 +338,20 @@ async fn observe(ctx: &Context, ns: &str, name: &str) -> Result<Observed, kube::
     Ok(observed)
 }
 
+/// `<uid>/<resourceVersion>` of a Secret: what pod templates and applied
+/// hashes are derived from in external mode (never the values).
+fn secret_version(secret: &Secret) -> String {
+    format!(
+        "{}/{}",
+        secret.metadata.uid.as_deref().unwrap_or_default(),
+        secret
+            .metadata
+            .resource_version
+            .as_deref()
+            .unwrap_or_default()
+    )
+}
+
 fn secret_string(secret: &Secret, key: &str) -> Option<String> {
     let bytes = secret.data.as_ref()?.get(key)?;
     String::from_utf8(bytes.0.clone())
@@ -322,6 +377,9 @@ async fn external_secrets(
                 ))));
             }
             Some(secret) => {
+                observed
+                    .external_versions
+                    .insert(name.clone(), secret_version(&secret));
                 let mut missing = Vec::new();
                 for svc in Svc::ALL {
                     match secret_string(&secret, svc.as_str()) {
@@ -351,7 +409,12 @@ async fn external_secrets(
                 ))));
             }
             Some(secret) => match secret_string(&secret, "url") {
-                Some(url) => observed.external_amqp_url = Some(url),
+                Some(url) => {
+                    observed
+                        .external_versions
+                        .insert(name.clone(), secret_version(&secret));
+                    observed.external_amqp_url = Some(url);
+                }
                 None => {
                     return Ok(Some(Blocker::ExternalBrokerSecret(format!(
                         "Secret {name} (rabbitmq.external.secretRef) lacks the key url"
@@ -484,6 +547,7 @@ async fn reconcile_inner(obj: &InventorySystem, ctx: &Context) -> Result<Action,
             let api: Api<DynamicObject> =
                 Api::namespaced_with(ctx.client.clone(), &ns, &kind.api_resource());
             api.delete(child, &DeleteParams::background()).await?;
+            ctx.forget_served(&child_key(*kind, &ns, child));
             ctx.metrics.wrote(kind.as_str(), "delete");
             deleted.push(format!("{}/{child}", kind.as_str()));
         }
@@ -533,6 +597,11 @@ async fn reconcile_inner(obj: &InventorySystem, ctx: &Context) -> Result<Action,
     Ok(Action::requeue(RESYNC))
 }
 
+/// Key of a child object in the reconciler's per-object memory.
+fn child_key(kind: Kind, ns: &str, name: &str) -> String {
+    format!("{}/{ns}/{name}", kind.as_str())
+}
+
 enum Written {
     Created,
     Updated,
@@ -577,24 +646,45 @@ async fn write(
                 .and_then(|a| a.get(names::APPLIED_HASH_ANNOTATION))
                 .and_then(|v| v.as_str());
             let have = current.and_then(|c| c.annotations().get(names::APPLIED_HASH_ANNOTATION));
+            let child = child_key(d.kind, ns, &d.name);
             let mut repair = None;
             if let Some(current) = current
-                && want.is_some()
-                && want == have.map(String::as_str)
+                && let Some(hash) = want
+                && Some(hash) == have.map(String::as_str)
             {
                 // Same desired object as last applied: write only if someone
-                // changed or removed one of our fields since (drift).
-                match drift::first_difference(&d.object, &serde_json::to_value(current)?) {
+                // changed or removed one of our fields since (drift), not
+                // for fields this API server does not keep as applied.
+                let accepted = ctx.accepted(&child, hash);
+                match drift::first_difference_accepting(
+                    &d.object,
+                    &serde_json::to_value(current)?,
+                    &accepted,
+                ) {
                     None => return Ok(Written::Unchanged),
                     Some(path) => repair = Some(path),
                 }
             }
-            api.patch(
-                &d.name,
-                &PatchParams::apply(names::FIELD_MANAGER).force(),
-                &Patch::Apply(&d.object),
-            )
-            .await?;
+            let served = api
+                .patch(
+                    &d.name,
+                    &PatchParams::apply(names::FIELD_MANAGER).force(),
+                    &Patch::Apply(&d.object),
+                )
+                .await?;
+            // What the server returns right after an apply that succeeded is
+            // what it keeps: a desired field missing or different there is
+            // the server's doing (a field it drops or rewrites), never drift.
+            let deviations = drift::served_deviations(&d.object, &serde_json::to_value(&served)?);
+            if !deviations.is_empty() {
+                info!(
+                    kind = d.kind.as_str(),
+                    object = %d.name,
+                    fields = %deviations.keys().cloned().collect::<Vec<_>>().join(","),
+                    "the API server does not keep these fields as applied; drift checks accept its values until the desired object changes"
+                );
+            }
+            ctx.remember_served(&child, want, deviations);
             if let Some(path) = repair {
                 info!(
                     kind = d.kind.as_str(),

@@ -363,6 +363,23 @@ pub struct ExternalPostgres {
     /// The Secret (same namespace) with keys `user`, `product`, `inventory`,
     /// `order` and `notification`, each a `postgres://` URL.
     pub secret_ref: SecretRef,
+    /// Where the database lives, for the NetworkPolicy egress rule of the
+    /// services (an `ipBlock`); narrow it to the database's network.
+    #[serde(default = "default_any_cidr")]
+    #[schemars(regex(pattern = CIDR_PATTERN))]
+    pub cidr: String,
+    /// The database port allowed by that rule; when unset, the ports of the
+    /// URLs in the Secret (5432 where a URL names none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<i32>,
+}
+
+/// An IPv4 or IPv6 network in CIDR notation (`10.0.0.0/8`, `fd00::/8`).
+pub const CIDR_PATTERN: &str = r"^[0-9A-Fa-f:.]+/[0-9]{1,3}$";
+
+fn default_any_cidr() -> String {
+    "0.0.0.0/0".into()
 }
 
 /// A reference to a Secret in the namespace of the InventorySystem.
@@ -463,6 +480,17 @@ pub struct ExternalRabbitMq {
     /// The Secret (same namespace) with the key `url`, an `amqp://` or
     /// `amqps://` URL.
     pub secret_ref: SecretRef,
+    /// Where the broker lives, for the NetworkPolicy egress rule of order
+    /// and notification (an `ipBlock`); narrow it to the broker's network.
+    #[serde(default = "default_any_cidr")]
+    #[schemars(regex(pattern = CIDR_PATTERN))]
+    pub cidr: String,
+    /// The broker port allowed by that rule; when unset, the port of the
+    /// URL in the Secret (5672 for `amqp://`, 5671 for `amqps://` when it
+    /// names none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<i32>,
 }
 
 /// The Ingress for the `/api/users`, `/api/products`, `/api/orders` and
@@ -621,18 +649,27 @@ fn default_request_timeout_ms() -> i64 {
     10_000
 }
 
-/// Circuit breaker thresholds (`BREAKER_FAILURE_THRESHOLD`, `BREAKER_OPEN_MS`).
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+/// Circuit breaker thresholds (`BREAKER_FAILURE_THRESHOLD`,
+/// `BREAKER_OPEN_MS`, `BREAKER_MAX_OPEN_MS`).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("!has(self.maxOpenMs) || self.maxOpenMs >= self.openMs").message("resilience.breaker.maxOpenMs must be at least openMs"))]
 pub struct BreakerSpec {
     /// Consecutive failures that open the breaker.
     #[serde(default = "default_failure_threshold")]
     #[schemars(range(min = 1, max = 1000))]
     pub failure_threshold: i32,
-    /// How long the breaker stays open before a trial call, in milliseconds.
+    /// How long the breaker stays open before the first trial call, in
+    /// milliseconds (`BREAKER_OPEN_MS`).
     #[serde(default = "default_open_ms")]
     #[schemars(range(min = 100, max = 3600000))]
     pub open_ms: i64,
+    /// Longest open period, in milliseconds (`BREAKER_MAX_OPEN_MS`): each
+    /// failed trial call doubles the open period up to this bound. At least
+    /// `openMs`; when unset, the larger of `openMs` and 30000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 100, max = 3600000))]
+    pub max_open_ms: Option<i64>,
 }
 
 impl Default for BreakerSpec {
@@ -640,7 +677,20 @@ impl Default for BreakerSpec {
         Self {
             failure_threshold: default_failure_threshold(),
             open_ms: default_open_ms(),
+            max_open_ms: None,
         }
+    }
+}
+
+/// `BREAKER_MAX_OPEN_MS` when `maxOpenMs` is unset: the services' own
+/// default, or `openMs` when that is longer (never cut the open period short).
+pub const DEFAULT_BREAKER_MAX_OPEN_MS: i64 = 30_000;
+
+impl BreakerSpec {
+    /// The `BREAKER_MAX_OPEN_MS` in effect.
+    pub fn effective_max_open_ms(&self) -> i64 {
+        self.max_open_ms
+            .unwrap_or_else(|| self.open_ms.max(DEFAULT_BREAKER_MAX_OPEN_MS))
     }
 }
 
@@ -663,10 +713,25 @@ pub struct NetworkPolicySpec {
     #[serde(default = "default_ingress_namespace")]
     #[schemars(length(min = 1, max = 63))]
     pub ingress_controller_namespace: String,
+    /// Labels of the ingress controller's pods in that namespace; empty (the
+    /// default): every pod of the namespace.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub ingress_controller_pod_labels: BTreeMap<String, String>,
     /// Namespace of Prometheus, allowed to scrape every service on 8080.
     #[serde(default = "default_monitoring_namespace")]
     #[schemars(length(min = 1, max = 63))]
     pub monitoring_namespace: String,
+    /// Labels of the Prometheus pods in that namespace; empty (the default):
+    /// every pod of the namespace.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub monitoring_pod_labels: BTreeMap<String, String>,
+    /// Where the OTLP endpoint (`tracing.otlpEndpoint`) lives: the services
+    /// may send to this network, on the endpoint's port (an `ipBlock`; a
+    /// NetworkPolicy cannot name a host). Narrow it to the collector's
+    /// network. No egress for traces when tracing is off.
+    #[serde(default = "default_any_cidr")]
+    #[schemars(regex(pattern = CIDR_PATTERN))]
+    pub otlp_cidr: String,
 }
 
 impl Default for NetworkPolicySpec {
@@ -674,7 +739,10 @@ impl Default for NetworkPolicySpec {
         Self {
             enabled: true,
             ingress_controller_namespace: default_ingress_namespace(),
+            ingress_controller_pod_labels: BTreeMap::new(),
             monitoring_namespace: default_monitoring_namespace(),
+            monitoring_pod_labels: BTreeMap::new(),
+            otlp_cidr: default_any_cidr(),
         }
     }
 }

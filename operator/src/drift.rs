@@ -3,16 +3,26 @@
 //!
 //! The reconciler server-side applies a child when its applied-hash
 //! annotation differs (the desired object changed) **or** when
-//! [`first_difference`] finds a desired field missing or changed in the
-//! observed object (someone edited the child: scaled a Deployment, changed
-//! an image, ...). The comparison is a recursive subset check driven by the
-//! desired object:
+//! [`first_difference_accepting`] finds a desired field missing or changed
+//! in the observed object (someone edited the child: scaled a Deployment,
+//! changed an image, ...). The comparison is a recursive subset check driven
+//! by the desired object:
 //!
 //! - objects compare key by key on the desired keys only (the API server adds
 //!   defaults, status and other managers' fields, which are not drift);
-//! - lists compare element-wise by index with the same rule; the observed list
-//!   may be longer (elements another field manager added stay after an apply
-//!   anyway, so demanding their absence would re-apply forever);
+//! - lists that Kubernetes merges by key (`x-kubernetes-list-type: map`)
+//!   compare element by element **by merge key**, in any order: `containers`,
+//!   `initContainers`, `ephemeralContainers`, `volumes`, `env` and
+//!   `imagePullSecrets` by `name`, `volumeMounts` by `mountPath`, container
+//!   `ports` by `containerPort` + `protocol`, Service `spec.ports` by `port` +
+//!   `protocol`, `metadata.ownerReferences` by `uid`. Entries only another
+//!   field manager added (a sidecar, an injected `env` variable or volume)
+//!   are not drift: our apply would leave them in place, so demanding their
+//!   absence would re-apply forever; an entry of ours that is missing or
+//!   changed is drift, wherever it moved in the list;
+//! - every other list is atomic (our apply replaces it whole): it compares
+//!   element-wise by index and must have the same length, so an extra
+//!   NetworkPolicy rule someone added is drift;
 //! - scalars compare equal (numbers by value);
 //! - values the API server normalises compare by meaning: resource quantities
 //!   (`requests`/`limits` entries and `sizeLimit`: `0.5` == `500m`,
@@ -23,9 +33,32 @@
 //!   `creationTimestamp`, `generation`, ...) are never compared (list items
 //!   carry no `apiVersion`/`kind`).
 //!
+//! **Fields the server does not keep.** An API server may drop a field it
+//! does not know or has disabled (Kubernetes 1.26 drops a StatefulSet's
+//! `spec.persistentVolumeClaimRetentionPolicy`, alpha there) or default and
+//! rewrite it in ways the rules above do not foresee. Such a field is missing
+//! or different in the object the server returns *right after an apply that
+//! succeeded*; that is the server's doing, not drift. The reconciler records
+//! these paths with [`served_deviations`] (the value the server returned at
+//! each, or `None` when it dropped the field) and passes them to
+//! [`first_difference_accepting`], which accepts exactly those values there
+//! until the desired object changes. A later edit of such a field to yet
+//! another value is drift again.
+//!
+//! Paths are JSON pointers into the **desired** object (list elements by
+//! their index in the desired list), so they stay valid however the server
+//! orders a merged list.
+//!
 //! A field the operator stops setting is caught by the hash, not here.
 
+use std::collections::BTreeMap;
+
 use serde_json::Value;
+
+/// Desired fields the API server did not keep as applied: JSON pointer (into
+/// the desired object) -> the value it returned there, `None` when it
+/// dropped the field.
+pub type Accepted = BTreeMap<String, Option<Value>>;
 
 /// Metadata fields the API server sets; never drift.
 const SERVER_METADATA: [&str; 8] = [
@@ -46,34 +79,39 @@ const TOP_LEVEL_IGNORED: [&str; 3] = ["apiVersion", "kind", "status"];
 /// the first desired field that the observed object lacks or holds with
 /// another value; `None` when the observed object carries all of them.
 pub fn first_difference(desired: &Value, observed: &Value) -> Option<String> {
-    let (Value::Object(want), Value::Object(have)) = (desired, observed) else {
-        return (desired != observed).then(String::new);
+    first_difference_accepting(desired, observed, &Accepted::new())
+}
+
+/// [`first_difference`], except that at the paths of `accepted` the value
+/// the server returned after the last apply (or the field's absence) is not
+/// a difference.
+pub fn first_difference_accepting(
+    desired: &Value,
+    observed: &Value,
+    accepted: &Accepted,
+) -> Option<String> {
+    let mut walk = Walk {
+        accepted,
+        all: false,
+        found: Vec::new(),
     };
-    for (key, w) in want {
-        if TOP_LEVEL_IGNORED.contains(&key.as_str()) {
-            continue;
-        }
-        let path = format!("/{}", escape(key));
-        let h = have.get(key);
-        if key == "metadata"
-            && let (Value::Object(wm), Some(Value::Object(hm))) = (w, h)
-        {
-            for (mk, mw) in wm {
-                if SERVER_METADATA.contains(&mk.as_str()) {
-                    continue;
-                }
-                let mpath = format!("{path}/{}", escape(mk));
-                if let Some(p) = diff(mw, hm.get(mk), mk, key, &mpath) {
-                    return Some(p);
-                }
-            }
-            continue;
-        }
-        if let Some(p) = diff(w, h, key, "", &path) {
-            return Some(p);
-        }
-    }
-    None
+    walk.root(desired, observed);
+    walk.found.into_iter().next().map(|(path, _)| path)
+}
+
+/// Every desired field the `served` object (what the API server returned
+/// for an apply of `desired`) lacks or holds with another value, with the
+/// value it holds there (`None`: absent). Empty when the server kept
+/// everything.
+pub fn served_deviations(desired: &Value, served: &Value) -> Accepted {
+    let none = Accepted::new();
+    let mut walk = Walk {
+        accepted: &none,
+        all: true,
+        found: Vec::new(),
+    };
+    walk.root(desired, served);
+    walk.found.into_iter().collect()
 }
 
 /// Whether the observed object lacks a desired field or holds another value.
@@ -85,38 +123,161 @@ fn escape(key: &str) -> String {
     key.replace('~', "~0").replace('/', "~1")
 }
 
-/// Compares one desired value with the observed one (if any). `key` is the
-/// field's name and `parent` its parent's (for quantity detection); `path`
-/// the JSON pointer, returned on a difference.
-fn diff(want: &Value, have: Option<&Value>, key: &str, parent: &str, path: &str) -> Option<String> {
-    let Some(have) = have else {
-        return (!is_zero(want)).then(|| path.to_owned());
-    };
-    match (want, have) {
-        (Value::Object(w), Value::Object(h)) => w
-            .iter()
-            .find_map(|(k, v)| diff(v, h.get(k), k, key, &format!("{path}/{}", escape(k)))),
-        (Value::Array(w), Value::Array(h)) => {
-            if w.len() > h.len() {
-                return Some(format!("{path}/{}", h.len()));
+/// The merge keys of a list field, `None` for an atomic list. `key` is the
+/// list's field name, `parent` the name of the field holding the object the
+/// list is in (list elements carry their list's name).
+fn merge_keys(key: &str, parent: &str) -> Option<&'static [&'static str]> {
+    const CONTAINER_LISTS: [&str; 3] = ["containers", "initContainers", "ephemeralContainers"];
+    match key {
+        "containers"
+        | "initContainers"
+        | "ephemeralContainers"
+        | "volumes"
+        | "env"
+        | "imagePullSecrets" => Some(&["name"]),
+        "volumeMounts" => Some(&["mountPath"]),
+        "ports" if CONTAINER_LISTS.contains(&parent) => Some(&["containerPort", "protocol"]),
+        // A Service's spec.ports (NetworkPolicy rule ports are atomic).
+        "ports" if parent == "spec" => Some(&["port", "protocol"]),
+        "ownerReferences" => Some(&["uid"]),
+        _ => None,
+    }
+}
+
+/// Whether two list elements have the same merge key (`protocol` defaults
+/// to TCP, as the server fills it in).
+fn same_key(a: &Value, b: &Value, keys: &[&str]) -> bool {
+    keys.iter().all(|k| {
+        let default = (*k == "protocol").then(|| Value::String("TCP".into()));
+        let av = a.get(*k).cloned().or_else(|| default.clone());
+        let bv = b.get(*k).cloned().or(default);
+        av == bv
+    })
+}
+
+/// One comparison: stops at the first difference unless `all`.
+struct Walk<'a> {
+    accepted: &'a Accepted,
+    all: bool,
+    found: Vec<(String, Option<Value>)>,
+}
+
+impl Walk<'_> {
+    fn done(&self) -> bool {
+        !self.all && !self.found.is_empty()
+    }
+
+    fn report(&mut self, path: &str, have: Option<&Value>) {
+        self.found.push((path.to_owned(), have.cloned()));
+    }
+
+    fn root(&mut self, desired: &Value, observed: &Value) {
+        let (Value::Object(want), Value::Object(have)) = (desired, observed) else {
+            if desired != observed {
+                self.report("", Some(observed));
             }
-            w.iter().zip(h).enumerate().find_map(|(i, (wv, hv))| {
-                // Elements of a list keep the list's key for quantity detection.
-                diff(wv, Some(hv), key, parent, &format!("{path}/{i}"))
-            })
+            return;
+        };
+        for (key, w) in want {
+            if self.done() {
+                return;
+            }
+            if TOP_LEVEL_IGNORED.contains(&key.as_str()) {
+                continue;
+            }
+            let path = format!("/{}", escape(key));
+            let h = have.get(key);
+            if key == "metadata"
+                && let (Value::Object(wm), Some(Value::Object(hm))) = (w, h)
+            {
+                for (mk, mw) in wm {
+                    if self.done() {
+                        return;
+                    }
+                    if SERVER_METADATA.contains(&mk.as_str()) {
+                        continue;
+                    }
+                    let mpath = format!("{path}/{}", escape(mk));
+                    self.value(mw, hm.get(mk), mk, key, &mpath);
+                }
+                continue;
+            }
+            self.value(w, h, key, "", &path);
         }
-        (Value::Number(w), Value::Number(h)) => {
-            (w != h && w.as_f64() != h.as_f64()).then(|| path.to_owned())
+    }
+
+    /// Compares one desired value with the observed one (if any). `key` is
+    /// the field's name and `parent` its parent's (for quantities and merge
+    /// keys); `path` the JSON pointer, reported on a difference.
+    fn value(&mut self, want: &Value, have: Option<&Value>, key: &str, parent: &str, path: &str) {
+        if let Some(served) = self.accepted.get(path)
+            && served.as_ref() == have
+        {
+            return;
         }
-        (Value::String(w), Value::String(h)) if w != h => {
-            let quantity = matches!(parent, "requests" | "limits") || key == "sizeLimit";
-            let same = quantity
-                && matches!((quantity_value(w), quantity_value(h)), (Some(a), Some(b)) if same_amount(a, b));
-            (!same).then(|| path.to_owned())
+        let Some(have) = have else {
+            if !is_zero(want) {
+                self.report(path, None);
+            }
+            return;
+        };
+        match (want, have) {
+            (Value::Object(w), Value::Object(h)) => {
+                for (k, v) in w {
+                    if self.done() {
+                        return;
+                    }
+                    self.value(v, h.get(k), k, key, &format!("{path}/{}", escape(k)));
+                }
+            }
+            (Value::Array(w), Value::Array(h)) => self.list(w, h, key, parent, path),
+            (Value::Number(w), Value::Number(h)) => {
+                if w != h && w.as_f64() != h.as_f64() {
+                    self.report(path, Some(have));
+                }
+            }
+            (Value::String(w), Value::String(h)) if w != h => {
+                let quantity = matches!(parent, "requests" | "limits") || key == "sizeLimit";
+                let same = quantity
+                    && matches!((quantity_value(w), quantity_value(h)), (Some(a), Some(b)) if same_amount(a, b));
+                if !same {
+                    self.report(path, Some(have));
+                }
+            }
+            (Value::Null, Value::Null) => {}
+            (w, Value::Null) if is_zero(w) => {}
+            (w, h) => {
+                if w != h {
+                    self.report(path, Some(have));
+                }
+            }
         }
-        (Value::Null, Value::Null) => None,
-        (w, Value::Null) if is_zero(w) => None,
-        (w, h) => (w != h).then(|| path.to_owned()),
+    }
+
+    fn list(&mut self, want: &[Value], have: &[Value], key: &str, parent: &str, path: &str) {
+        match merge_keys(key, parent) {
+            Some(keys) => {
+                for (i, w) in want.iter().enumerate() {
+                    if self.done() {
+                        return;
+                    }
+                    let h = have.iter().find(|h| same_key(w, h, keys));
+                    // Elements keep the list's name (quantities, merge keys).
+                    self.value(w, h, key, parent, &format!("{path}/{i}"));
+                }
+            }
+            None if want.len() != have.len() => {
+                self.report(path, Some(&Value::Array(have.to_vec())));
+            }
+            None => {
+                for (i, (w, h)) in want.iter().zip(have).enumerate() {
+                    if self.done() {
+                        return;
+                    }
+                    self.value(w, Some(h), key, parent, &format!("{path}/{i}"));
+                }
+            }
+        }
     }
 }
 
@@ -282,14 +443,174 @@ mod tests {
         assert!(drifted(&deployment(), &volume));
     }
 
+    fn pod(v: &mut Value) -> &mut Value {
+        &mut v["spec"]["template"]["spec"]
+    }
+
     #[test]
     fn added_list_elements_and_fields_of_others_are_not_drift() {
         let mut more = as_served();
-        more["spec"]["template"]["spec"]["containers"][0]["env"]
+        pod(&mut more)["containers"][0]["env"]
             .as_array_mut()
             .expect("env")
             .push(json!({"name": "DEBUG", "value": "1"}));
         assert!(!drifted(&deployment(), &more));
+    }
+
+    #[test]
+    fn entries_another_manager_inserted_anywhere_in_a_merged_list_are_not_drift() {
+        // A mutating webhook or `kubectl set env` puts its entries first:
+        // comparing by index would see every one of ours shifted.
+        let mut served = as_served();
+        let p = pod(&mut served);
+        p["containers"][0]["env"]
+            .as_array_mut()
+            .expect("env")
+            .insert(0, json!({"name": "INJECTED", "value": "x"}));
+        p["containers"]
+            .as_array_mut()
+            .expect("containers")
+            .insert(0, json!({"name": "istio-proxy", "image": "proxy:1"}));
+        p["volumes"]
+            .as_array_mut()
+            .expect("volumes")
+            .insert(0, json!({"name": "istio-data", "emptyDir": {}}));
+        assert_eq!(first_difference(&deployment(), &served), None);
+
+        // ... while a missing or changed entry of ours is drift, reported
+        // at its index in the desired list.
+        let mut lost = served.clone();
+        pod(&mut lost)["containers"][1]["env"]
+            .as_array_mut()
+            .expect("env")
+            .retain(|e| e["name"] != "A");
+        assert_eq!(
+            first_difference(&deployment(), &lost).as_deref(),
+            Some("/spec/template/spec/containers/0/env/0")
+        );
+        let mut changed = served.clone();
+        pod(&mut changed)["containers"][1]["env"][1]["value"] = json!("2");
+        assert_eq!(
+            first_difference(&deployment(), &changed).as_deref(),
+            Some("/spec/template/spec/containers/0/env/0/value")
+        );
+    }
+
+    #[test]
+    fn ports_mounts_and_owner_references_merge_by_their_keys() {
+        let want = json!({
+            "metadata": {"ownerReferences": [{"uid": "u1", "kind": "InventorySystem"}]},
+            "spec": {
+                "ports": [{"name": "http", "port": 8080}, {"name": "grpc", "port": 50051}],
+                "template": {"spec": {"containers": [{
+                    "name": "c",
+                    "ports": [{"name": "http", "containerPort": 8080, "protocol": "TCP"}],
+                    "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+                }]}},
+            },
+        });
+        let have = json!({
+            "metadata": {"ownerReferences": [{"uid": "u0", "kind": "Other"}, {"uid": "u1", "kind": "InventorySystem"}]},
+            "spec": {
+                // Service ports in another order, protocol defaulted.
+                "ports": [
+                    {"name": "grpc", "port": 50051, "protocol": "TCP"},
+                    {"name": "metrics", "port": 9090, "protocol": "TCP"},
+                    {"name": "http", "port": 8080, "protocol": "TCP"},
+                ],
+                "template": {"spec": {"containers": [{
+                    "name": "c",
+                    "ports": [{"name": "dbg", "containerPort": 9229, "protocol": "TCP"},
+                              {"name": "http", "containerPort": 8080, "protocol": "TCP"}],
+                    "volumeMounts": [{"name": "certs", "mountPath": "/certs"},
+                                     {"name": "tmp", "mountPath": "/tmp"}],
+                }]}},
+            },
+        });
+        assert_eq!(first_difference(&want, &have), None);
+        let mut moved = have.clone();
+        moved["spec"]["template"]["spec"]["containers"][0]["volumeMounts"][1]["mountPath"] =
+            json!("/scratch");
+        assert_eq!(
+            first_difference(&want, &moved).as_deref(),
+            Some("/spec/template/spec/containers/0/volumeMounts/0")
+        );
+        let mut udp = have.clone();
+        udp["spec"]["ports"][2]["protocol"] = json!("UDP");
+        assert_eq!(
+            first_difference(&want, &udp).as_deref(),
+            Some("/spec/ports/0")
+        );
+    }
+
+    #[test]
+    fn atomic_lists_must_match_whole() {
+        // A NetworkPolicy's rules are one atomic list: a rule someone added
+        // is replaced by our apply, so it is drift.
+        let want = json!({"spec": {"ingress": [{"from": [{"podSelector": {}}], "ports": [{"port": 8080}]}]}});
+        let mut have = want.clone();
+        have["spec"]["ingress"]
+            .as_array_mut()
+            .expect("rules")
+            .push(json!({"from": [{"ipBlock": {"cidr": "0.0.0.0/0"}}]}));
+        assert_eq!(
+            first_difference(&want, &have).as_deref(),
+            Some("/spec/ingress")
+        );
+        assert_eq!(first_difference(&want, &want), None);
+    }
+
+    #[test]
+    fn fields_the_server_did_not_keep_are_accepted_until_they_change() {
+        let want = json!({"spec": {
+            "replicas": 1,
+            "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Retain", "whenScaled": "Retain"},
+            "template": {"spec": {"containers": [{"name": "c", "image": "i:1", "env": [{"name": "A", "value": "x"}]}]}},
+        }});
+        // Kubernetes 1.26: the retention policy is dropped; a (hypothetical)
+        // admission webhook rewrites the image and an env value.
+        let served = json!({"spec": {
+            "replicas": 1,
+            "template": {"spec": {"containers": [{"name": "c", "image": "mirror/i:1", "env": [{"name": "A", "value": "y"}]}]}},
+        }});
+        let accepted = served_deviations(&want, &served);
+        assert_eq!(
+            accepted,
+            Accepted::from([
+                (
+                    "/spec/persistentVolumeClaimRetentionPolicy".to_owned(),
+                    None
+                ),
+                (
+                    "/spec/template/spec/containers/0/env/0/value".to_owned(),
+                    Some(json!("y"))
+                ),
+                (
+                    "/spec/template/spec/containers/0/image".to_owned(),
+                    Some(json!("mirror/i:1"))
+                ),
+            ])
+        );
+        assert!(served_deviations(&want, &want).is_empty());
+        // Without the record every resync sees drift; with it, none.
+        assert_eq!(
+            first_difference(&want, &served).as_deref(),
+            Some("/spec/persistentVolumeClaimRetentionPolicy")
+        );
+        assert_eq!(first_difference_accepting(&want, &served, &accepted), None);
+        // Real drift elsewhere, or another value at an accepted path, still counts.
+        let mut scaled = served.clone();
+        scaled["spec"]["replicas"] = json!(3);
+        assert_eq!(
+            first_difference_accepting(&want, &scaled, &accepted).as_deref(),
+            Some("/spec/replicas")
+        );
+        let mut edited = served.clone();
+        edited["spec"]["template"]["spec"]["containers"][0]["image"] = json!("evil:1");
+        assert_eq!(
+            first_difference_accepting(&want, &edited, &accepted).as_deref(),
+            Some("/spec/template/spec/containers/0/image")
+        );
     }
 
     #[test]

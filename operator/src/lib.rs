@@ -6,6 +6,7 @@
 //! `render` binary and the Helm chart parity test can use them.
 
 pub mod cli;
+pub mod compat;
 pub mod controller;
 pub mod crd;
 pub mod drift;

@@ -19,7 +19,7 @@ use stockmesh_operator::cli::{self, Command, HELP, Options};
 use stockmesh_operator::controller::{Context, error_policy, reconcile};
 use stockmesh_operator::metrics::Metrics;
 use stockmesh_operator::server::{self, AppState};
-use stockmesh_operator::{InventorySystem, names};
+use stockmesh_operator::{InventorySystem, compat, names};
 use tokio::sync::watch;
 
 #[tokio::main]
@@ -65,7 +65,7 @@ async fn client(opts: &Options) -> anyhow::Result<Client> {
         }
         None => Config::infer().await?,
     };
-    Ok(Client::try_from(config)?)
+    Ok(compat::client(config)?)
 }
 
 fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
@@ -105,6 +105,13 @@ where
 
 async fn run(opts: Options) -> anyhow::Result<()> {
     let client = client(&opts).await?;
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        user_agent = %compat::user_agent(),
+        supported_kubernetes = %compat::supported_range(),
+        "stockmesh-operator starting"
+    );
+    compat::check_server_version(&client).await;
     let ns = opts.namespace.as_deref();
     let systems: Api<InventorySystem> = api(&client, ns);
     systems.list(&ListParams::default().limit(1)).await.context(

@@ -52,8 +52,14 @@ pub fn placeholder_secrets(obj: &InventorySystem) -> ObservedSecrets {
             );
         }
     }
-    if obj.spec.rabbitmq.external.is_some() {
+    if let Some(ext) = &obj.spec.rabbitmq.external {
         s.external_amqp_url = Some("amqp://stockmesh:placeholder@mq.example:5672/%2f".into());
+        s.external_versions
+            .insert(ext.secret_ref.name.clone(), "placeholder/1".into());
+    }
+    if let Some(ext) = &obj.spec.postgres.external {
+        s.external_versions
+            .insert(ext.secret_ref.name.clone(), "placeholder/1".into());
     }
     s
 }

@@ -113,6 +113,11 @@ pub struct ObservedSecrets {
     pub external_database_urls: BTreeMap<String, String>,
     /// External mode: the AMQP URL, read from `spec.rabbitmq.external.secretRef`.
     pub external_amqp_url: Option<String>,
+    /// External mode: the version (`<uid>/<resourceVersion>`) of each
+    /// referenced Secret, by name. The pod templates' config-hash and the
+    /// copies' applied-hash are computed from these, never from the values
+    /// (a digest of a password in an annotation is a password leak).
+    pub external_versions: BTreeMap<String, String>,
 }
 
 /// Why the builders cannot produce objects.
@@ -198,8 +203,49 @@ pub fn validate(obj: &InventorySystem) -> Vec<String> {
     if !(1..=1000).contains(&spec.resilience.breaker.failure_threshold) {
         problems.push("resilience.breaker.failureThreshold must be between 1 and 1000".into());
     }
-    if !(100..=3_600_000).contains(&spec.resilience.breaker.open_ms) {
+    let breaker = &spec.resilience.breaker;
+    if !(100..=3_600_000).contains(&breaker.open_ms) {
         problems.push("resilience.breaker.openMs must be between 100 and 3600000".into());
+    }
+    if let Some(max) = breaker.max_open_ms {
+        if !(100..=3_600_000).contains(&max) {
+            problems.push("resilience.breaker.maxOpenMs must be between 100 and 3600000".into());
+        } else if max < breaker.open_ms {
+            problems.push(format!(
+                "resilience.breaker.maxOpenMs ({max}) must be at least openMs ({})",
+                breaker.open_ms
+            ));
+        }
+    }
+    let np = &spec.network_policy;
+    let mut cidrs = vec![("networkPolicy.otlpCidr", &np.otlp_cidr)];
+    if let Some(ext) = &spec.postgres.external {
+        cidrs.push(("postgres.external.cidr", &ext.cidr));
+    }
+    if let Some(ext) = &spec.rabbitmq.external {
+        cidrs.push(("rabbitmq.external.cidr", &ext.cidr));
+    }
+    for (field, cidr) in cidrs {
+        if !cidr.contains('/') || !valid_cidr(cidr) {
+            problems.push(format!(
+                "{field} {cidr:?} is not a network in CIDR notation"
+            ));
+        }
+    }
+    let ports = [
+        (
+            "postgres.external.port",
+            spec.postgres.external.as_ref().and_then(|e| e.port),
+        ),
+        (
+            "rabbitmq.external.port",
+            spec.rabbitmq.external.as_ref().and_then(|e| e.port),
+        ),
+    ];
+    for (field, port) in ports {
+        if port.is_some_and(|p| !(1..=65_535).contains(&p)) {
+            problems.push(format!("{field} must be between 1 and 65535"));
+        }
     }
     if !(0..=120_000).contains(&spec.resilience.shutdown.drain_ms) {
         problems.push("resilience.shutdown.drainMs must be between 0 and 120000".into());
@@ -403,7 +449,7 @@ pub fn build_all(
     }
     if ctx.spec.network_policy.enabled {
         for svc in Svc::ALL {
-            out.push(service_network_policy(&ctx, svc));
+            out.push(service_network_policy(&ctx, svc, observed));
         }
         if ctx.pg.is_some() {
             out.push(store_network_policy(
@@ -426,7 +472,7 @@ pub fn build_all(
     }
     for d in &mut out {
         if d.mode == WriteMode::Apply {
-            let hash = short_hash(&d.object);
+            let hash = applied_hash(d, observed);
             if let Some(meta) = d.object.get_mut("metadata").and_then(Value::as_object_mut) {
                 meta.insert(
                     "annotations".into(),
@@ -449,11 +495,30 @@ pub fn short_hash(value: &Value) -> String {
         .collect()
 }
 
+/// The `stockmesh.io/applied-hash` of a desired object. A Secret's data
+/// never enters it: a Secret copied from an external one is hashed without
+/// its data, with the versions of the Secrets it was copied from instead
+/// (so a changed external Secret is copied again).
+fn applied_hash(d: &Desired, observed: &ObservedSecrets) -> String {
+    if d.kind != Kind::Secret {
+        return short_hash(&d.object);
+    }
+    let mut object = d.object.clone();
+    if let Some(o) = object.as_object_mut() {
+        o.remove("data");
+        o.remove("stringData");
+    }
+    short_hash(&json!({"object": object, "copiedFrom": observed.external_versions}))
+}
+
+/// The `stockmesh.io/config-hash` of the service pod templates: the shared
+/// ConfigMap's data and, in external mode, the versions of the referenced
+/// Secrets (uid and resourceVersion, not their values), so that a change of
+/// either rolls the pods.
 fn config_hash(config: &Desired, observed: &ObservedSecrets) -> String {
     short_hash(&json!({
         "config": config.object.get("data"),
-        "externalDatabaseUrls": observed.external_database_urls,
-        "externalAmqpUrl": observed.external_amqp_url,
+        "externalSecretVersions": observed.external_versions,
     }))
 }
 
@@ -662,6 +727,10 @@ fn config_map(ctx: &Ctx<'_>) -> Desired {
         (
             "BREAKER_OPEN_MS".to_owned(),
             spec.resilience.breaker.open_ms.to_string(),
+        ),
+        (
+            "BREAKER_MAX_OPEN_MS".to_owned(),
+            spec.resilience.breaker.effective_max_open_ms().to_string(),
         ),
     ]);
     if let Some(endpoint) = &spec.tracing.otlp_endpoint {
@@ -957,6 +1026,7 @@ fn service_env(ctx: &Ctx<'_>, svc: Svc) -> Vec<Value> {
         env.extend([
             env_config(ctx, "BREAKER_FAILURE_THRESHOLD"),
             env_config(ctx, "BREAKER_OPEN_MS"),
+            env_config(ctx, "BREAKER_MAX_OPEN_MS"),
         ]);
     }
     env
@@ -1117,7 +1187,7 @@ fn postgres_statefulset(ctx: &Ctx<'_>, pg: &ManagedPostgres) -> Desired {
     let mut env = vec![
         env_secret("POSTGRES_USER", &superuser, "username"),
         env_secret("POSTGRES_PASSWORD", &superuser, "password"),
-        env_value("PGDATA", "/var/lib/postgresql/data/pgdata"),
+        env_value("PGDATA", POSTGRES_PGDATA),
     ];
     for svc in Svc::ALL {
         env.push(env_secret(
@@ -1192,6 +1262,44 @@ fn postgres_statefulset(ctx: &Ctx<'_>, pg: &ManagedPostgres) -> Desired {
     }
 }
 
+/// Where the stores write, with a read-only root filesystem: every path
+/// below is a volume (the data PVC or an emptyDir), and the manifest tests
+/// and the chart parity check hold both renderers to this list.
+///
+/// PostgreSQL (official image, docker-library/postgres `docker-entrypoint.sh`):
+/// `PGDATA` (a subdirectory of the data volume, which has `lost+found`);
+/// `/var/run/postgresql`, the socket and its lock file; `/tmp`, where the
+/// entrypoint's here-documents and, for a uid without a passwd entry, its
+/// nss_wrapper files go. Nothing else: the server writes only to `PGDATA`
+/// and the socket directory, dynamic shared memory uses `/dev/shm` (a tmpfs
+/// of the runtime, not the root filesystem).
+///
+/// RabbitMQ (official image, docker-library/rabbitmq: `HOME` and
+/// `RABBITMQ_DATA_DIR` are `/var/lib/rabbitmq`): `/var/lib/rabbitmq`, the
+/// Erlang cookie, the Mnesia/Khepri data, the PID file and the expanded
+/// plugins; `RABBITMQ_LOG_BASE` (`/var/log/rabbitmq`), where RabbitMQ
+/// always opens `<node>_upgrade.log` (the upgrade log category is a file
+/// whatever the main log output) and the Erlang VM writes `erl_crash.dump`;
+/// `/tmp` (`/tmp/rabbitmq-ssl` in the image). `RABBITMQ_LOGS=-` sends the
+/// main log to standard output for images whose configuration logs to a
+/// file (Debian's package does; the official image's `10-defaults.conf`
+/// sets `log.console = true`).
+pub const STORE_WRITABLE_PATHS: [(&str, &[&str]); 2] = [
+    (
+        "postgres",
+        &[POSTGRES_PGDATA, "/var/run/postgresql", "/tmp"],
+    ),
+    (
+        "rabbitmq",
+        &["/var/lib/rabbitmq", RABBITMQ_LOG_BASE, "/tmp"],
+    ),
+];
+
+/// `PGDATA` of the managed PostgreSQL.
+pub const POSTGRES_PGDATA: &str = "/var/lib/postgresql/data/pgdata";
+/// `RABBITMQ_LOG_BASE` of the managed RabbitMQ (an emptyDir).
+pub const RABBITMQ_LOG_BASE: &str = "/var/log/rabbitmq";
+
 fn rabbitmq_statefulset(ctx: &Ctx<'_>, mq: &ManagedRabbitMq) -> Desired {
     let name = names::rabbitmq(&ctx.name);
     let ping = ["rabbitmq-diagnostics", "-q", "ping"];
@@ -1223,6 +1331,8 @@ fn rabbitmq_statefulset(ctx: &Ctx<'_>, mq: &ManagedRabbitMq) -> Desired {
                             "env": [
                                 env_secret("RABBITMQ_DEFAULT_USER", &name, "username"),
                                 env_secret("RABBITMQ_DEFAULT_PASS", &name, "password"),
+                                env_value("RABBITMQ_LOGS", "-"),
+                                env_value("RABBITMQ_LOG_BASE", RABBITMQ_LOG_BASE),
                             ],
                             "startupProbe": exec_probe(&ping, 10, 10, 30),
                             "livenessProbe": exec_probe(&ping, 30, 15, 3),
@@ -1231,10 +1341,14 @@ fn rabbitmq_statefulset(ctx: &Ctx<'_>, mq: &ManagedRabbitMq) -> Desired {
                             "securityContext": container_security_context(),
                             "volumeMounts": [
                                 {"name": "data", "mountPath": "/var/lib/rabbitmq"},
+                                {"name": "logs", "mountPath": RABBITMQ_LOG_BASE},
                                 {"name": "tmp", "mountPath": "/tmp"},
                             ],
                         }],
-                        "volumes": [{"name": "tmp", "emptyDir": {}}],
+                        "volumes": [
+                            {"name": "logs", "emptyDir": {}},
+                            {"name": "tmp", "emptyDir": {}},
+                        ],
                     },
                 },
                 "volumeClaimTemplates": [pvc_template(&mq.storage_size, mq.storage_class_name.as_ref())],
@@ -1281,11 +1395,20 @@ fn ingress(ctx: &Ctx<'_>) -> Desired {
     }
 }
 
-fn namespace_peer(ns: &str) -> Value {
-    json!({"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}})
+/// Pods of a namespace (all of them when `pods` is empty).
+fn namespace_peer(ns: &str, pods: &BTreeMap<String, String>) -> Value {
+    let mut peer =
+        json!({"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}});
+    if !pods.is_empty() {
+        peer["podSelector"] = json!({"matchLabels": pods});
+    }
+    peer
 }
 fn pod_peer(ctx: &Ctx<'_>, component: &str) -> Value {
     json!({"podSelector": {"matchLabels": names::selector_labels(&ctx.name, component)}})
+}
+fn ip_peer(cidr: &str) -> Value {
+    json!({"ipBlock": {"cidr": cidr}})
 }
 fn tcp(port: i32) -> Value {
     json!({"protocol": "TCP", "port": port})
@@ -1296,11 +1419,59 @@ fn dns_egress() -> Value {
     json!({"ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]})
 }
 
-fn service_network_policy(ctx: &Ctx<'_>, svc: Svc) -> Desired {
+/// The ports a URL (or a PostgreSQL URL with several `host:port` pairs)
+/// connects to: the explicit ones, else the scheme's default.
+pub fn url_ports(url: &str) -> BTreeSet<i32> {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let default = match scheme {
+        "postgres" | "postgresql" => 5432,
+        "amqp" => 5672,
+        "amqps" => 5671,
+        "https" => 443,
+        _ => 80,
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let hosts = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    hosts
+        .split(',')
+        .map(|host| {
+            // `[::1]:5432` or `host:5432`; a bare IPv6 address has no port.
+            let port = match host.rsplit_once(']') {
+                Some((_, after)) => after.strip_prefix(':'),
+                None if host.matches(':').count() == 1 => host.rsplit_once(':').map(|(_, p)| p),
+                None => None,
+            };
+            port.and_then(|p| p.parse().ok()).unwrap_or(default)
+        })
+        .collect()
+}
+
+/// An egress rule to a network (ipBlock) on some TCP ports.
+fn ip_egress(cidr: &str, ports: impl IntoIterator<Item = i32>) -> Value {
+    let ports: Vec<Value> = ports.into_iter().map(tcp).collect();
+    json!({"to": [ip_peer(cidr)], "ports": ports})
+}
+
+/// The NetworkPolicy of a service: ingress from the ingress controller (the
+/// public services), Prometheus and its gRPC clients; egress to DNS, the
+/// OTLP endpoint (only with tracing on; `networkPolicy.otlpCidr`, the
+/// endpoint's port), its database and broker (the managed pods, or the
+/// external ones' `cidr` and port) and its gRPC upstreams. The chart renders
+/// the same rules for the same configuration (scripts/check_parity.py).
+fn service_network_policy(ctx: &Ctx<'_>, svc: Svc, observed: &ObservedSecrets) -> Desired {
     let np = &ctx.spec.network_policy;
-    let mut http_from = vec![namespace_peer(&np.monitoring_namespace)];
+    let mut http_from = vec![namespace_peer(
+        &np.monitoring_namespace,
+        &np.monitoring_pod_labels,
+    )];
     if svc.has_public_http() {
-        http_from.insert(0, namespace_peer(&np.ingress_controller_namespace));
+        http_from.insert(
+            0,
+            namespace_peer(
+                &np.ingress_controller_namespace,
+                &np.ingress_controller_pod_labels,
+            ),
+        );
     }
     let mut ingress = vec![json!({"from": http_from, "ports": [tcp(names::HTTP_PORT)]})];
     let grpc_clients: Vec<Value> = Svc::ALL
@@ -1311,17 +1482,38 @@ fn service_network_policy(ctx: &Ctx<'_>, svc: Svc) -> Desired {
     if !grpc_clients.is_empty() {
         ingress.push(json!({"from": grpc_clients, "ports": [tcp(names::GRPC_PORT)]}));
     }
-    let mut egress = vec![dns_egress(), json!({"ports": [tcp(4317)]})];
-    egress.push(if ctx.pg.is_some() {
-        json!({"to": [pod_peer(ctx, "postgres")], "ports": [tcp(names::POSTGRES_PORT)]})
-    } else {
-        json!({"ports": [tcp(names::POSTGRES_PORT)]})
+    let mut egress = vec![dns_egress()];
+    if let Some(endpoint) = &ctx.spec.tracing.otlp_endpoint {
+        egress.push(ip_egress(&np.otlp_cidr, url_ports(endpoint)));
+    }
+    egress.push(match &ctx.spec.postgres.external {
+        None => json!({"to": [pod_peer(ctx, "postgres")], "ports": [tcp(names::POSTGRES_PORT)]}),
+        Some(ext) => {
+            let ports: BTreeSet<i32> = match ext.port {
+                Some(port) => [port].into(),
+                None => observed
+                    .external_database_urls
+                    .values()
+                    .flat_map(|u| url_ports(u))
+                    .collect(),
+            };
+            ip_egress(&ext.cidr, ports)
+        }
     });
     if svc.uses_amqp() {
-        egress.push(if ctx.mq.is_some() {
-            json!({"to": [pod_peer(ctx, "rabbitmq")], "ports": [tcp(names::AMQP_PORT)]})
-        } else {
-            json!({"ports": [tcp(names::AMQP_PORT), tcp(5671)]})
+        egress.push(match &ctx.spec.rabbitmq.external {
+            None => json!({"to": [pod_peer(ctx, "rabbitmq")], "ports": [tcp(names::AMQP_PORT)]}),
+            Some(ext) => {
+                let ports: BTreeSet<i32> = match ext.port {
+                    Some(port) => [port].into(),
+                    None => observed
+                        .external_amqp_url
+                        .iter()
+                        .flat_map(|u| url_ports(u))
+                        .collect(),
+                };
+                ip_egress(&ext.cidr, ports)
+            }
         });
     }
     for upstream in svc.grpc_upstreams() {

@@ -415,15 +415,31 @@ fn peers(rule: &Value) -> BTreeSet<String> {
         .into_iter()
         .flatten()
         .map(|p| {
+            if let Some(ns) =
+                p["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"].as_str()
+            {
+                let pods = p["podSelector"]["matchLabels"]
+                    .as_object()
+                    .map(|m| {
+                        m.iter()
+                            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    })
+                    .unwrap_or_default();
+                return if pods.is_empty() {
+                    format!("ns:{ns}")
+                } else {
+                    format!("ns:{ns}/{pods}")
+                };
+            }
+            if let Some(cidr) = p["ipBlock"]["cidr"].as_str() {
+                return format!("ip:{cidr}");
+            }
             p["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
                 .as_str()
                 .map(|c| format!("pod:{c}"))
-                .or_else(|| {
-                    p["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
-                        .as_str()
-                        .map(|n| format!("ns:{n}"))
-                })
-                .unwrap_or_default()
+                .unwrap_or_else(|| format!("unknown peer {p}"))
         })
         .collect()
 }
@@ -517,12 +533,12 @@ fn network_policies_allow_only_the_contract_edges() {
         edges(np("shop-rabbitmq"), "ingress"),
         vec![(set(&["pod:order", "pod:notification"]), set(&["TCP/5672"]))]
     );
-    // Egress of order: DNS, OTLP, PostgreSQL, RabbitMQ, product and inventory gRPC.
+    // Egress of order: DNS, PostgreSQL, RabbitMQ, product and inventory
+    // gRPC; no OTLP rule while tracing is off (minimal.yaml).
     assert_eq!(
         edges(np("shop-order"), "egress"),
         vec![
             (set(&[]), set(&["UDP/53", "TCP/53"])),
-            (set(&[]), set(&["TCP/4317"])),
             (set(&["pod:postgres"]), set(&["TCP/5432"])),
             (set(&["pod:rabbitmq"]), set(&["TCP/5672"])),
             (set(&["pod:product"]), set(&["TCP/50051"])),
@@ -531,9 +547,85 @@ fn network_policies_allow_only_the_contract_edges() {
     );
     assert_eq!(
         edges(np("shop-user"), "egress").len(),
-        3,
-        "user: DNS, OTLP, PostgreSQL only"
+        2,
+        "user: DNS and PostgreSQL only"
     );
+    // No rule lets a pod reach any address on some port: every rule but DNS
+    // names its peers.
+    for ex in ["minimal.yaml", "full.yaml", "external-database.yaml"] {
+        let objs = render(ex);
+        for d in objs.iter().filter(|d| d.kind == Kind::NetworkPolicy) {
+            for (peers, ports) in edges(&d.object, "egress") {
+                assert!(
+                    !peers.is_empty() || ports == set(&["UDP/53", "TCP/53"]),
+                    "{ex}: {} allows egress to anywhere on {ports:?}",
+                    d.name
+                );
+            }
+        }
+    }
+}
+
+/// Tracing on: the OTLP endpoint's network (`networkPolicy.otlpCidr`) on
+/// the endpoint's port; external stores: their `cidr` on their port (set,
+/// or from the URLs in the Secrets); the pod labels of the ingress
+/// controller and Prometheus when given.
+#[test]
+fn network_policies_name_the_networks_of_the_endpoints_outside_the_cluster() {
+    let objs = render("full.yaml");
+    let np = |n: &str| find(&objs, Kind::NetworkPolicy, n).clone();
+    let order = np("shop-order");
+    assert!(
+        edges(&order, "egress").contains(&(set(&["ip:10.244.0.0/16"]), set(&["TCP/4317"]))),
+        "{:?}",
+        edges(&order, "egress")
+    );
+    assert_eq!(
+        edges(&np("shop-user"), "ingress"),
+        vec![(
+            set(&[
+                "ns:ingress-nginx/app.kubernetes.io/name=ingress-nginx",
+                "ns:monitoring/app.kubernetes.io/name=prometheus"
+            ]),
+            set(&["TCP/8080"])
+        )]
+    );
+
+    let ext = render("external-database.yaml");
+    let np = |n: &str| find(&ext, Kind::NetworkPolicy, n).clone();
+    let order = edges(&np("shop-order"), "egress");
+    // The database port comes from the URLs (placeholders: 5432), the
+    // broker's is set in the example (amqps, 5671).
+    assert!(
+        order.contains(&(set(&["ip:10.20.0.0/16"]), set(&["TCP/5432"]))),
+        "{order:?}"
+    );
+    assert!(
+        order.contains(&(set(&["ip:10.30.0.0/16"]), set(&["TCP/5671"]))),
+        "{order:?}"
+    );
+    assert!(
+        ext.iter()
+            .all(|d| !(d.kind == Kind::NetworkPolicy && d.name.ends_with("-postgres"))),
+        "no policy for a store the operator does not run"
+    );
+}
+
+#[test]
+fn url_ports_are_the_explicit_ones_or_the_schemes_default() {
+    use stockmesh_operator::resources::url_ports;
+    let ports = |u: &str| url_ports(u).into_iter().collect::<Vec<_>>();
+    assert_eq!(ports("postgres://u:p@db.example:6432/x"), [6432]);
+    assert_eq!(ports("postgres://u:p:w@db.example/x"), [5432]);
+    assert_eq!(
+        ports("postgresql://u@h1:5433,h2:5434/x?sslmode=require"),
+        [5433, 5434]
+    );
+    assert_eq!(ports("postgres://u@[fd00::1]:5435/x"), [5435]);
+    assert_eq!(ports("amqps://u:p@mq.example/%2f"), [5671]);
+    assert_eq!(ports("amqp://u:p@mq.example/%2f"), [5672]);
+    assert_eq!(ports("http://jaeger-collector.observability:4317"), [4317]);
+    assert_eq!(ports("https://otlp.example.com"), [443]);
 }
 
 #[test]
