@@ -777,3 +777,304 @@ fn backoff_doubles_up_to_five_minutes() {
     assert_eq!(backoff(4), Duration::from_secs(40));
     assert_eq!(backoff(30), Duration::from_secs(300));
 }
+
+/// One operator process (one `Context`, so one memory) reconciling a
+/// resource several times against the fake, as the controller does on
+/// resyncs and owned-object events.
+struct Operator {
+    ctx: Arc<Context>,
+    server: tokio::task::JoinHandle<()>,
+    metrics: Arc<Metrics>,
+}
+
+impl Operator {
+    fn start(fake: &Fake) -> Self {
+        let (client, server) = fake.client();
+        let metrics = Arc::new(Metrics::new());
+        Self {
+            ctx: Arc::new(Context::new(client, metrics.clone(), None)),
+            server,
+            metrics,
+        }
+    }
+
+    async fn reconcile(&self, fake: &Fake, obj: &InventorySystem) -> Vec<Call> {
+        fake.lock()
+            .insert(&cr_collection(), serde_json::to_value(obj).expect("json"));
+        let result = tokio::time::timeout(
+            Duration::from_secs(20),
+            reconcile(Arc::new(obj.clone()), self.ctx.clone()),
+        )
+        .await
+        .expect("reconcile finishes");
+        assert!(result.is_ok(), "{:?}", result.err().map(|e| e.to_string()));
+        let violations = fake.lock().rbac_violations.clone();
+        assert!(violations.is_empty(), "{violations:?}");
+        fake.take_calls()
+    }
+
+    async fn stop(self) {
+        drop(self.ctx);
+        tokio::time::timeout(Duration::from_secs(5), self.server)
+            .await
+            .expect("fake server stops")
+            .expect("fake server ok");
+    }
+}
+
+const RETENTION: &str = "/spec/persistentVolumeClaimRetentionPolicy";
+
+/// Kubernetes 1.26 drops a StatefulSet's persistentVolumeClaimRetentionPolicy
+/// (alpha there); the operator used to see that as drift and re-apply both
+/// StatefulSets on every resync, forever.
+#[tokio::test]
+async fn a_field_the_server_drops_is_not_drift_and_the_steady_state_writes_nothing() {
+    let fake = Fake::new();
+    fake.lock()
+        .drop_on_apply
+        .push(("StatefulSet".into(), RETENTION.into()));
+    let statefulsets = coll("apps/v1", "statefulsets");
+    let op = Operator::start(&fake);
+    let obj = system("shop", json!({}), 1);
+    op.reconcile(&fake, &obj).await;
+    for sts in ["shop-postgres", "shop-rabbitmq"] {
+        let stored = fake.lock().get(&statefulsets, sts).cloned().expect("sts");
+        assert!(
+            stored.pointer(RETENTION).is_none(),
+            "the fake server really dropped it"
+        );
+    }
+    set_ready(&fake, "shop", &[]);
+    let calls = op.reconcile(&fake, &stored(&fake, "shop")).await;
+    assert_eq!(
+        lines(&writes(&calls)),
+        vec![event_line(), status_line("shop")]
+    );
+    // Resyncs: nothing written, again and again.
+    for _ in 0..3 {
+        let calls = op.reconcile(&fake, &stored(&fake, "shop")).await;
+        assert_eq!(lines(&writes(&calls)), Vec::<String>::new());
+    }
+    assert!(!op.metrics.encode().contains("repair"));
+
+    // A real edit of the same StatefulSet is still drift, repaired once.
+    fake.lock()
+        .get_mut(&statefulsets, "shop-rabbitmq")
+        .expect("sts")["spec"]["replicas"] = json!(0);
+    let calls = op.reconcile(&fake, &stored(&fake, "shop")).await;
+    assert_eq!(
+        lines(&writes(&calls)),
+        vec![format!("PATCH {statefulsets}/shop-rabbitmq")]
+    );
+    set_ready(&fake, "shop", &[]);
+    let calls = op.reconcile(&fake, &stored(&fake, "shop")).await;
+    assert_eq!(lines(&writes(&calls)), Vec::<String>::new());
+
+    // A new desired object (keepVolumes changed) is applied once; what the
+    // server drops is learnt again for it.
+    let mut changed = stored(&fake, "shop");
+    changed.spec.postgres.managed = Some(stockmesh_operator::crd::ManagedPostgres {
+        keep_volumes: false,
+        ..Default::default()
+    });
+    changed.metadata.generation = Some(2);
+    let calls = op.reconcile(&fake, &changed).await;
+    assert!(
+        lines(&writes(&calls)).contains(&format!("PATCH {statefulsets}/shop-postgres")),
+        "{:?}",
+        lines(&writes(&calls))
+    );
+    set_ready(&fake, "shop", &[]);
+    for _ in 0..2 {
+        let calls = op.reconcile(&fake, &stored(&fake, "shop")).await;
+        let w: Vec<String> = lines(&writes(&calls))
+            .into_iter()
+            .filter(|l| !l.ends_with("/status") && !l.contains("/events"))
+            .collect();
+        assert_eq!(w, Vec::<String>::new());
+    }
+    op.stop().await;
+
+    // A restarted operator has no memory: it finds the field missing, applies
+    // each StatefulSet once, learns that the server drops it, and is quiet.
+    let op = Operator::start(&fake);
+    let calls = op.reconcile(&fake, &stored(&fake, "shop")).await;
+    assert_eq!(
+        lines(&writes(&calls)),
+        vec![
+            format!("PATCH {statefulsets}/shop-postgres"),
+            format!("PATCH {statefulsets}/shop-rabbitmq"),
+        ]
+    );
+    set_ready(&fake, "shop", &[]);
+    let calls = op.reconcile(&fake, &stored(&fake, "shop")).await;
+    assert_eq!(lines(&writes(&calls)), Vec::<String>::new());
+    op.stop().await;
+}
+
+/// A mutating webhook or `kubectl set env` (another field manager) adds
+/// entries to lists Kubernetes merges by key: an env variable first in the
+/// list, a sidecar container, a volume and its mount, a container port.
+/// None of that is drift; comparing lists by index re-applied the
+/// Deployment on every resync.
+#[tokio::test]
+async fn entries_another_manager_added_to_merged_lists_trigger_no_apply() {
+    let fake = Fake::new();
+    assert!(run(&fake, &system("shop", json!({}), 1)).await.0.is_ok());
+    set_ready(&fake, "shop", &[]);
+    assert!(run(&fake, &stored(&fake, "shop")).await.0.is_ok());
+    let deployments = coll("apps/v1", "deployments");
+    let services = coll("v1", "services");
+    {
+        let mut st = fake.lock();
+        let d = st.get_mut(&deployments, "shop-order").expect("order");
+        let pod = &mut d["spec"]["template"]["spec"];
+        let c = &mut pod["containers"][0];
+        c["env"]
+            .as_array_mut()
+            .expect("env")
+            .insert(0, json!({"name": "INJECTED_BY_WEBHOOK", "value": "1"}));
+        c["ports"].as_array_mut().expect("ports").insert(
+            0,
+            json!({"name": "debug", "containerPort": 9229, "protocol": "TCP"}),
+        );
+        c["volumeMounts"]
+            .as_array_mut()
+            .expect("mounts")
+            .insert(0, json!({"name": "certs", "mountPath": "/etc/certs"}));
+        pod["volumes"]
+            .as_array_mut()
+            .expect("volumes")
+            .insert(0, json!({"name": "certs", "emptyDir": {}}));
+        pod["containers"]
+            .as_array_mut()
+            .expect("containers")
+            .insert(0, json!({"name": "proxy", "image": "mesh/proxy:1"}));
+        let svc = st.get_mut(&services, "shop-product").expect("service");
+        svc["spec"]["ports"].as_array_mut().expect("ports").insert(
+            0,
+            json!({"name": "metrics", "port": 9090, "protocol": "TCP"}),
+        );
+    }
+    for _ in 0..2 {
+        let (result, calls, metrics) = run(&fake, &stored(&fake, "shop")).await;
+        assert!(result.is_ok());
+        assert_eq!(lines(&writes(&calls)), Vec::<String>::new());
+        assert!(!metrics.encode().contains("repair"));
+    }
+
+    // One of our own entries removed (wherever the others put theirs): drift.
+    {
+        let mut st = fake.lock();
+        let d = st.get_mut(&deployments, "shop-order").expect("order");
+        let env = d["spec"]["template"]["spec"]["containers"][1]["env"]
+            .as_array_mut()
+            .expect("env");
+        env.retain(|e| e["name"] != "PRODUCT_GRPC_URL");
+    }
+    let (_, calls, _) = run(&fake, &stored(&fake, "shop")).await;
+    let w = writes(&calls);
+    assert_eq!(lines(&w), vec![format!("PATCH {deployments}/shop-order")]);
+    let body = w[0].body.as_ref().expect("body");
+    assert!(
+        body["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .expect("env")
+            .iter()
+            .any(|e| e["name"] == "PRODUCT_GRPC_URL")
+    );
+}
+
+fn external_secrets_versioned(fake: &Fake, password: &str, rv: &str) {
+    let b = |s: &str| STANDARD.encode(s);
+    let mut data = serde_json::Map::new();
+    for svc in SVCS {
+        data.insert(
+            svc.into(),
+            json!(b(&format!(
+                "postgres://{svc}:{password}@db.example:5432/{svc}"
+            ))),
+        );
+    }
+    let mut st = fake.lock();
+    st.insert(&coll("v1", "secrets"), json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "shop-external-db", "namespace": NS, "uid": "db-uid", "resourceVersion": rv}, "data": data}));
+    st.insert(&coll("v1", "secrets"), json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "shop-external-amqp", "namespace": NS, "uid": "mq-uid", "resourceVersion": rv}, "data": {"url": b(&format!("amqps://u:{password}@mq.example:5671/%2f"))}}));
+}
+
+/// Everything the fake holds except Secret data and Events.
+fn all_but_secret_values(fake: &Fake) -> Vec<(String, Value)> {
+    let st = fake.lock();
+    let mut out = Vec::new();
+    for (collection, objects) in &st.objects {
+        if collection.ends_with("/events") {
+            continue;
+        }
+        for (name, obj) in objects {
+            let mut o = obj.clone();
+            if collection.ends_with("/secrets")
+                && let Some(m) = o.as_object_mut()
+            {
+                m.remove("data");
+            }
+            out.push((format!("{collection}/{name}"), o));
+        }
+    }
+    out
+}
+
+/// External mode: the URLs (passwords included) are copied into the pods'
+/// Secrets, but no annotation, label or ConfigMap of any object holds them
+/// or anything computed from them: two systems whose external Secrets differ
+/// only in their values are identical outside Secret data. A new version of
+/// an external Secret is copied and rolls the pods.
+#[tokio::test]
+async fn external_secret_values_never_reach_annotations_and_a_new_version_rolls_the_pods() {
+    let (a, b) = (Fake::new(), Fake::new());
+    external_secrets_versioned(&a, "first-password-4f7a", "100");
+    external_secrets_versioned(&b, "other-password-9c2e", "100");
+    let obj = system("shop", external_spec(), 1);
+    assert!(run(&a, &obj).await.0.is_ok());
+    assert!(run(&b, &obj).await.0.is_ok());
+    let (sa, sb) = (all_but_secret_values(&a), all_but_secret_values(&b));
+    assert_eq!(sa.len(), sb.len());
+    for ((name, x), (_, y)) in sa.iter().zip(&sb) {
+        assert_eq!(x, y, "{name} depends on the external Secret's values");
+        assert!(!x.to_string().contains("first-password-4f7a"), "{name}");
+    }
+
+    // The external database Secret changes (a rotated password): the
+    // copies are applied again and every service rolls.
+    let deployments = coll("apps/v1", "deployments");
+    let hash = |fake: &Fake| {
+        fake.lock().get(&deployments, "shop-user").expect("user")["spec"]["template"]["metadata"]
+            ["annotations"]["stockmesh.io/config-hash"]
+            .clone()
+    };
+    let before = hash(&a);
+    external_secrets_versioned(&a, "rotated-password-1b3d", "101");
+    let (_, calls, _) = run(&a, &stored(&a, "shop")).await;
+    let w = lines(&writes(&calls));
+    let secrets = coll("v1", "secrets");
+    for svc in SVCS {
+        assert!(
+            w.contains(&format!("PATCH {secrets}/shop-{svc}-db")),
+            "{w:?}"
+        );
+        assert!(
+            w.contains(&format!("PATCH {deployments}/shop-{svc}")),
+            "{w:?}"
+        );
+    }
+    assert_ne!(hash(&a), before);
+    assert_eq!(
+        decode(a.lock().get(&secrets, "shop-user-db").expect("copy"), "url"),
+        "postgres://user:rotated-password-1b3d@db.example:5432/user"
+    );
+    // And then nothing more.
+    let (_, calls, _) = run(&a, &stored(&a, "shop")).await;
+    let w: Vec<String> = lines(&writes(&calls))
+        .into_iter()
+        .filter(|l| !l.ends_with("/status") && !l.contains("/events"))
+        .collect();
+    assert_eq!(w, Vec::<String>::new());
+}

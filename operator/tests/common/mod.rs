@@ -78,6 +78,11 @@ pub struct State {
     pub rbac_violations: Vec<String>,
     /// `METHOD path` prefixes that answer 403 Forbidden.
     pub forbidden: Vec<String>,
+    /// (kind, JSON pointer): fields this server drops from applied objects
+    /// of that kind, as an API server does with a field it does not know or
+    /// has disabled (Kubernetes 1.26 and a StatefulSet's
+    /// `/spec/persistentVolumeClaimRetentionPolicy`).
+    pub drop_on_apply: Vec<(String, String)>,
     counter: u64,
 }
 
@@ -226,6 +231,11 @@ impl State {
                     obj["status"] = st.clone();
                 }
                 serve(&mut obj, existing.as_ref());
+                for (kind, pointer) in &self.drop_on_apply {
+                    if obj["kind"] == kind.as_str() {
+                        remove_pointer(&mut obj, pointer);
+                    }
+                }
                 obj["metadata"]["resourceVersion"] = json!(rv);
                 self.insert(&t.collection, obj.clone());
                 (StatusCode::OK, obj)
@@ -265,6 +275,16 @@ fn serve(obj: &mut Value, existing: Option<&Value>) {
         obj["spec"]["template"]["metadata"]["creationTimestamp"] = Value::Null;
     }
     canonicalise(obj, "");
+}
+
+/// Removes the field a JSON pointer names, if it is there.
+pub fn remove_pointer(obj: &mut Value, pointer: &str) {
+    let Some((parent, field)) = pointer.rsplit_once('/') else {
+        return;
+    };
+    if let Some(Value::Object(m)) = obj.pointer_mut(parent) {
+        m.remove(field);
+    }
 }
 
 fn canonicalise(v: &mut Value, key: &str) {
