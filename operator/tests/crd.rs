@@ -208,6 +208,15 @@ fn cel_rules_accept_the_examples_and_reject_contradictions() {
         json!({"ingress": {"enabled": true, "tlsSecretName": "tls"}}),
     );
     assert!(cel(&tls_without_host).is_err());
+    let breaker = |b: Value| with("shop", json!({"resilience": {"breaker": b}}));
+    let err = cel(&breaker(json!({"openMs": 60000, "maxOpenMs": 30000})))
+        .expect_err("maxOpenMs below openMs");
+    assert!(err.contains("maxOpenMs must be at least openMs"), "{err}");
+    assert_eq!(
+        cel(&breaker(json!({"openMs": 60000, "maxOpenMs": 60000}))),
+        Ok(())
+    );
+    assert_eq!(cel(&breaker(json!({"openMs": 60000}))), Ok(()));
     let long_name = with(&"a".repeat(41), json!({}));
     assert!(cel(&long_name).is_err());
     assert_eq!(cel(&with(&"a".repeat(40), json!({}))), Ok(()));

@@ -793,3 +793,229 @@ fn termination_grace_follows_the_shutdown_numbers() {
         .unwrap_or_default();
     assert!(err.contains("resilience.shutdown.drainMs"), "{err}");
 }
+
+/// The paths of a pod's containers that are writable volumes (emptyDir or
+/// a claim template), with a read-only root filesystem everything else is
+/// read-only.
+fn writable_mounts(sts_or_deploy: &Value) -> Vec<String> {
+    let pod = &sts_or_deploy["spec"]["template"]["spec"];
+    let claims: BTreeSet<&str> = sts_or_deploy["spec"]["volumeClaimTemplates"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["metadata"]["name"].as_str())
+        .collect();
+    let empty_dirs: BTreeSet<&str> = pod["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|v| v.get("emptyDir").is_some())
+        .filter_map(|v| v["name"].as_str())
+        .collect();
+    pod["containers"][0]["volumeMounts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| m["readOnly"] != true)
+        .filter(|m| {
+            let n = m["name"].as_str().unwrap_or_default();
+            claims.contains(n) || empty_dirs.contains(n)
+        })
+        .filter_map(|m| m["mountPath"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Paths of `needed` not on a writable volume.
+fn unmounted(object: &Value, needed: &[&str]) -> Vec<String> {
+    let mounts = writable_mounts(object);
+    let under = |p: &str| {
+        mounts
+            .iter()
+            .any(|m| p == m || p.starts_with(&format!("{}/", m.trim_end_matches('/'))))
+    };
+    let container = &object["spec"]["template"]["spec"]["containers"][0];
+    // Paths the environment points the process at must be writable too.
+    let env_paths: Vec<String> = [
+        "PGDATA",
+        "RABBITMQ_LOG_BASE",
+        "RABBITMQ_MNESIA_BASE",
+        "HOME",
+        "TMPDIR",
+    ]
+    .iter()
+    .filter_map(|n| {
+        container["env"]
+            .as_array()?
+            .iter()
+            .find(|e| e["name"] == *n)?["value"]
+            .as_str()
+            .map(str::to_owned)
+    })
+    .collect();
+    needed
+        .iter()
+        .map(|p| (*p).to_owned())
+        .chain(env_paths)
+        .filter(|p| !under(p))
+        .collect()
+}
+
+/// With `readOnlyRootFilesystem: true`, every path the images write is a
+/// volume: PostgreSQL's PGDATA, socket directory and /tmp; RabbitMQ's data
+/// directory, its log base (the `<node>_upgrade.log` it always opens there
+/// crashed it at start when only the data directory and /tmp were mounted)
+/// and /tmp; /tmp for the services.
+#[test]
+fn every_path_the_containers_write_is_a_writable_volume() {
+    use stockmesh_operator::resources::STORE_WRITABLE_PATHS;
+    let store_paths = |component: &str| {
+        STORE_WRITABLE_PATHS
+            .iter()
+            .find(|(c, _)| *c == component)
+            .map(|(_, p)| *p)
+            .expect("listed")
+    };
+    assert!(store_paths("rabbitmq").contains(&"/var/log/rabbitmq"));
+    for ex in ["minimal.yaml", "full.yaml"] {
+        let objs = render(ex);
+        for component in ["postgres", "rabbitmq"] {
+            let sts = find(&objs, Kind::StatefulSet, &format!("shop-{component}"));
+            assert_eq!(
+                sts["spec"]["template"]["spec"]["containers"][0]["securityContext"]["readOnlyRootFilesystem"],
+                true
+            );
+            assert_eq!(
+                unmounted(sts, store_paths(component)),
+                Vec::<String>::new(),
+                "{ex}: {component} writes outside its volumes"
+            );
+        }
+        for svc in SVCS {
+            let d = find(&objs, Kind::Deployment, &format!("shop-{svc}"));
+            assert_eq!(unmounted(d, &["/tmp"]), Vec::<String>::new(), "{ex}: {svc}");
+        }
+        let mq = find(&objs, Kind::StatefulSet, "shop-rabbitmq");
+        assert_eq!(env(mq, "RABBITMQ_LOGS")["value"], "-", "main log to stdout");
+        assert_eq!(env(mq, "RABBITMQ_LOG_BASE")["value"], "/var/log/rabbitmq");
+    }
+    // The check has teeth: without the log volume (the crash of issue 16),
+    // or with a read-only or a ConfigMap volume there, it reports the path.
+    let objs = render("minimal.yaml");
+    let mq = find(&objs, Kind::StatefulSet, "shop-rabbitmq").clone();
+    let mut without = mq.clone();
+    without["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+        .as_array_mut()
+        .expect("mounts")
+        .retain(|m| m["mountPath"] != "/var/log/rabbitmq");
+    assert_eq!(
+        unmounted(&without, store_paths("rabbitmq")),
+        ["/var/log/rabbitmq", "/var/log/rabbitmq"]
+    );
+    let mut read_only = mq.clone();
+    for m in read_only["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+        .as_array_mut()
+        .expect("mounts")
+    {
+        if m["mountPath"] == "/var/log/rabbitmq" {
+            m["readOnly"] = Value::Bool(true);
+        }
+    }
+    assert!(!unmounted(&read_only, store_paths("rabbitmq")).is_empty());
+    let pg = find(&objs, Kind::StatefulSet, "shop-postgres");
+    assert_eq!(
+        unmounted(pg, &["/docker-entrypoint-initdb.d"]),
+        ["/docker-entrypoint-initdb.d"],
+        "a ConfigMap volume is not writable"
+    );
+}
+
+/// `BREAKER_MAX_OPEN_MS` comes from the resource: the larger of openMs and
+/// 30 s by default (an openMs above 30 s is no longer cut short by the
+/// services' default), `maxOpenMs` when set, never below openMs.
+#[test]
+fn the_breakers_longest_open_period_is_set_and_never_below_the_first() {
+    let base = example("minimal.yaml");
+    let max_open = |spec: &str| {
+        let objs = render_objects(&base.replace("spec: {}", spec), &RenderOptions::default())?;
+        let cm = find(&objs, Kind::ConfigMap, "shop-config").clone();
+        for svc in ["product", "order"] {
+            let d = find(&objs, Kind::Deployment, &format!("shop-{svc}"));
+            assert_eq!(
+                env(d, "BREAKER_MAX_OPEN_MS")["valueFrom"]["configMapKeyRef"]["key"],
+                "BREAKER_MAX_OPEN_MS"
+            );
+        }
+        anyhow::Ok(cm["data"]["BREAKER_MAX_OPEN_MS"].clone())
+    };
+    assert_eq!(max_open("spec: {}").expect("renders"), "30000");
+    assert_eq!(
+        max_open("spec:\n  resilience:\n    breaker:\n      openMs: 60000").expect("renders"),
+        "60000"
+    );
+    assert_eq!(
+        max_open("spec:\n  resilience:\n    breaker:\n      openMs: 1000\n      maxOpenMs: 120000")
+            .expect("renders"),
+        "120000"
+    );
+    let err =
+        max_open("spec:\n  resilience:\n    breaker:\n      openMs: 60000\n      maxOpenMs: 30000")
+            .expect_err("maxOpenMs below openMs");
+    assert!(err.to_string().contains("maxOpenMs"), "{err}");
+}
+
+/// No annotation, label or ConfigMap of any rendered object holds an
+/// external Secret's value or anything computed from it: rendered with
+/// other values (same Secret versions), every object is identical outside
+/// Secret data; a new Secret version changes the pods' config-hash.
+#[test]
+fn external_secret_values_leave_no_trace_outside_secret_data() {
+    use stockmesh_operator::build_all;
+    use stockmesh_operator::render::{parse_manifest, placeholder_secrets};
+    let obj = parse_manifest(
+        &example("external-database.yaml"),
+        &RenderOptions::default(),
+    )
+    .expect("parses");
+    let first = placeholder_secrets(&obj);
+    let mut second = first.clone();
+    for url in second.external_database_urls.values_mut() {
+        *url = url.replace("placeholder", "another-password");
+    }
+    second.external_amqp_url = second
+        .external_amqp_url
+        .map(|u| u.replace("placeholder", "another-password"));
+    let strip = |objs: Vec<Desired>| {
+        objs.into_iter()
+            .filter(|d| {
+                // Generated Secrets (JWT, admin) are random by design.
+                !(d.kind == Kind::Secret && d.mode == stockmesh_operator::WriteMode::CreateOnce)
+            })
+            .map(|mut d| {
+                if d.kind == Kind::Secret
+                    && let Some(o) = d.object.as_object_mut()
+                {
+                    o.remove("data");
+                }
+                (format!("{:?}/{}", d.kind, d.name), d.object)
+            })
+            .collect::<Vec<_>>()
+    };
+    let a = strip(build_all(&obj, &first).expect("builds"));
+    let b = strip(build_all(&obj, &second).expect("builds"));
+    assert!(a.iter().any(|(n, _)| n == "Secret/shop-user-db"));
+    assert_eq!(a, b, "an object depends on the external Secrets' values");
+    for (name, o) in &a {
+        assert!(!o.to_string().contains("placeholder@"), "{name}");
+    }
+    let mut rotated = first.clone();
+    for v in rotated.external_versions.values_mut() {
+        *v = "placeholder/2".into();
+    }
+    let c = strip(build_all(&obj, &rotated).expect("builds"));
+    let hash = |objs: &[(String, Value)]| {
+        objs.iter()
+            .find(|(n, _)| n == "Deployment/shop-user")
+            .map(|(_, o)| o["spec"]["template"]["metadata"]["annotations"].clone())
+    };
+    assert_ne!(hash(&a), hash(&c), "a new Secret version rolls the pods");
+}
