@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """Parity of the Helm chart and the operator (issue 7), run by scripts/k8s-check.sh.
 
-    check_parity.py OPERATOR.yaml CHART.yaml [--name shop]
+    check_parity.py OPERATOR.yaml CHART.yaml [--name shop] [--only SECTIONS]
+
+SECTIONS is a comma-separated subset of deployments, networkpolicies, stores
+(default: all three).
 
 OPERATOR.yaml is what the operator's builders make for an InventorySystem
 (`render k8s/examples/full.yaml --redact`), CHART.yaml what `helm template`
@@ -26,6 +29,26 @@ reference for both):
     SHUTDOWN_GRACE_MS) / 1000) + 5 (issue 14), so kubelet never kills a pod
     inside its own drain and grace.
 
+The NetworkPolicies `<name>-<service>`, `<name>-postgres` and
+`<name>-rabbitmq`: the same names, pod selector and policy types, and the
+same edges: each rule is expanded into (peer, port) pairs (peers and ports
+canonicalised, protocol TCP by default, a rule without peers or ports
+meaning "any"), so two renderings that group peers into rules differently
+still compare equal, while a widened rule (an ipBlock 0.0.0.0/0 where the
+other names a pod, another port) is a difference. Chart only, on purpose:
+the `<name>-default-deny`, `<name>-jaeger` and `<name>-api-clients` policies
+and the `stockmesh.io/api-client` peer (the `helm test` pod and the load
+generator reach the API).
+
+The store StatefulSets `<name>-postgres` and `<name>-rabbitmq` (when both
+render them): pod and container securityContext, the writable mounts (the
+paths of emptyDir and claim-template volumes; the root filesystem is
+read-only, operator/src/resources.rs STORE_WRITABLE_PATHS lists what the
+images write and the operator's manifest tests hold it to its mounts) and
+the environment that points the images at those paths (PGDATA,
+RABBITMQ_LOGS, RABBITMQ_LOG_BASE). Their other settings (probes, how the
+broker gets its user) differ on purpose.
+
 Not compared, on purpose: labels and annotations (managed-by, helm.sh/chart,
 the config-hash is computed differently), serviceAccountName, scheduling
 (topology spread, node selector, tolerations), rollout strategy, and the
@@ -38,6 +61,7 @@ Prints one line per difference and exits 1 if there is any.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 import yaml
@@ -205,17 +229,112 @@ def compare_deployment(svc, op_dep, ch_dep, op_cms, ch_cms):
             sorted((norm_mount(m) for m in cc.get("volumeMounts", [])), key=lambda m: m["mountPath"]))
 
 
+# NetworkPolicies only the chart renders (see the docstring).
+CHART_ONLY_POLICIES = ["default-deny", "jaeger", "api-clients"]
+CHART_ONLY_PEER_LABEL = "stockmesh.io/api-client"
+
+
+def canon(v):
+    return json.dumps(v, sort_keys=True, separators=(",", ":"))
+
+
+def policy_edges(np, direction):
+    """The (peer, port) pairs a NetworkPolicy allows in one direction."""
+    key = "from" if direction == "ingress" else "to"
+    edges = set()
+    for rule in np["spec"].get(direction) or []:
+        peers = [p for p in (rule.get(key) or [])
+                 if CHART_ONLY_PEER_LABEL not in ((p.get("podSelector") or {}).get("matchLabels") or {})]
+        if rule.get(key) and not peers:
+            continue  # only chart-only peers
+        ports = [f"{p.get('protocol', 'TCP')}/{p.get('port', '*')}"
+                 + (f"-{p['endPort']}" if "endPort" in p else "")
+                 for p in (rule.get("ports") or [])]
+        for peer in (peers or [None]):
+            for port in (ports or ["*"]):
+                edges.add(("*" if peer is None else canon(peer), port))
+    return edges
+
+
+def compare_network_policy(op_np, ch_np):
+    label = f"NetworkPolicy {op_np['metadata']['name']}"
+    compare(f"{label}: podSelector", op_np["spec"].get("podSelector"), ch_np["spec"].get("podSelector"))
+    compare(f"{label}: policyTypes", sorted(op_np["spec"].get("policyTypes") or []),
+            sorted(ch_np["spec"].get("policyTypes") or []))
+    for direction in ("ingress", "egress"):
+        op, ch = policy_edges(op_np, direction), policy_edges(ch_np, direction)
+        for peer, port in sorted(op - ch):
+            problems.append(f"{label}: {direction} {port} {'from' if direction == 'ingress' else 'to'} "
+                            f"{peer}: only the operator allows it")
+        for peer, port in sorted(ch - op):
+            problems.append(f"{label}: {direction} {port} {'from' if direction == 'ingress' else 'to'} "
+                            f"{peer}: only the chart allows it")
+
+
+def compare_network_policies(name, op_docs, ch_docs):
+    op_nps, ch_nps = by_kind_name(op_docs, "NetworkPolicy"), by_kind_name(ch_docs, "NetworkPolicy")
+    if not op_nps:
+        problems.append("the operator renders no NetworkPolicy (networkPolicy.enabled?)")
+    chart_only = {f"{name}-{p}" for p in CHART_ONLY_POLICIES}
+    for np_name in sorted(set(op_nps) | set(ch_nps)):
+        if np_name not in ch_nps:
+            problems.append(f"NetworkPolicy {np_name}: not rendered by the chart")
+        elif np_name not in op_nps:
+            if np_name not in chart_only:
+                problems.append(f"NetworkPolicy {np_name}: not rendered by the operator")
+        else:
+            compare_network_policy(op_nps[np_name], ch_nps[np_name])
+    return len(set(op_nps) & set(ch_nps))
+
+
+STORE_PATH_ENV = ["PGDATA", "RABBITMQ_LOGS", "RABBITMQ_LOG_BASE"]
+
+
+def writable_mounts(sts, container):
+    """mountPaths of emptyDir and claim-template volumes (the only writable
+    places with a read-only root filesystem)."""
+    pod = sts["spec"]["template"]["spec"]
+    writable = {v["name"] for v in pod.get("volumes") or [] if "emptyDir" in v}
+    writable |= {c["metadata"]["name"] for c in sts["spec"].get("volumeClaimTemplates") or []}
+    return sorted(m["mountPath"].rstrip("/") for m in container.get("volumeMounts") or []
+                  if m["name"] in writable and not m.get("readOnly"))
+
+
+def compare_store(component, op_sts, ch_sts):
+    label = f"StatefulSet {op_sts['metadata']['name']}"
+    op_pod, ch_pod = op_sts["spec"]["template"]["spec"], ch_sts["spec"]["template"]["spec"]
+    compare(f"{label}: pod securityContext", op_pod.get("securityContext"), ch_pod.get("securityContext"))
+    oc = next((c for c in op_pod["containers"] if c["name"] == component), None)
+    cc = next((c for c in ch_pod["containers"] if c["name"] == component), None)
+    if oc is None or cc is None:
+        problems.append(f"{label}: no container {component} (operator {oc is not None}, chart {cc is not None})")
+        return
+    compare(f"{label}: container securityContext", oc.get("securityContext"), cc.get("securityContext"))
+    compare(f"{label}: writable mounts", writable_mounts(op_sts, oc), writable_mounts(ch_sts, cc))
+
+    def path_env(c):
+        return {e["name"]: e.get("value") for e in c.get("env") or [] if e["name"] in STORE_PATH_ENV}
+
+    compare(f"{label}: {'/'.join(STORE_PATH_ENV)}", path_env(oc), path_env(cc))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("operator")
     ap.add_argument("chart")
     ap.add_argument("--name", default="shop", help="the InventorySystem / release name")
+    ap.add_argument("--only", default="deployments,networkpolicies,stores",
+                    help="comma-separated sections: deployments, networkpolicies, stores")
     a = ap.parse_args()
+    sections = set(a.only.split(","))
+    unknown = sections - {"deployments", "networkpolicies", "stores"}
+    if unknown:
+        ap.error(f"unknown sections: {', '.join(sorted(unknown))}")
     op_docs, ch_docs = load(a.operator), load(a.chart)
     op_deps, ch_deps = by_kind_name(op_docs, "Deployment"), by_kind_name(ch_docs, "Deployment")
     op_cms, ch_cms = by_kind_name(op_docs, "ConfigMap"), by_kind_name(ch_docs, "ConfigMap")
     compared = 0
-    for svc in SERVICES:
+    for svc in (SERVICES if "deployments" in sections else []):
         name = f"{a.name}-{svc}"
         if name not in op_deps:
             problems.append(f"Deployment {name}: not rendered by the operator")
@@ -224,9 +343,20 @@ def main():
         if name in op_deps and name in ch_deps:
             compare_deployment(svc, op_deps[name], ch_deps[name], op_cms, ch_cms)
             compared += 1
+    policies = compare_network_policies(a.name, op_docs, ch_docs) if "networkpolicies" in sections else 0
+    op_sts, ch_sts = by_kind_name(op_docs, "StatefulSet"), by_kind_name(ch_docs, "StatefulSet")
+    stores = 0
+    for component in (("postgres", "rabbitmq") if "stores" in sections else ()):
+        name = f"{a.name}-{component}"
+        if (name in op_sts) != (name in ch_sts):
+            problems.append(f"StatefulSet {name}: rendered by the {'operator' if name in op_sts else 'chart'} only")
+        elif name in op_sts:
+            compare_store(component, op_sts[name], ch_sts[name])
+            stores += 1
     for p in problems:
         print(f"  - {p}")
-    print(f"compared {compared} of {len(SERVICES)} service Deployments: "
+    print(f"compared {compared} service Deployments, {policies} NetworkPolicies, "
+          f"{stores} store StatefulSets: "
           f"{'no differences' if not problems else f'{len(problems)} difference(s)'}")
     sys.exit(1 if problems else 0)
 

@@ -16,7 +16,10 @@
 #   check_parity.py         chart == operator for the same configuration
 #                             (k8s/examples/full.yaml vs ci/parity-values.yaml):
 #                             ports, probes, env, security contexts, ... of
-#                             the five service Deployments (builds `render`)
+#                             the five service Deployments, the NetworkPolicies,
+#                             the stores' writable mounts (builds `render`);
+#                             external-database.yaml vs
+#                             ci/parity-external-values.yaml: NetworkPolicies
 #   CRD / RBAC sync           chart crds/ == k8s/crd/inventorysystem.yaml,
 #                             chart rules == k8s/operator/rbac.yaml, examples
 #                             validate against the CRD (when those exist)
@@ -98,6 +101,7 @@ run "lint $STOCKMESH (default values)" helm lint --strict "$STOCKMESH"
 run "lint $STOCKMESH (ci/full-values.yaml)" helm lint --strict "$STOCKMESH" -f "$STOCKMESH/ci/full-values.yaml"
 run "lint $STOCKMESH (ci/external-values.yaml)" helm lint --strict "$STOCKMESH" -f "$STOCKMESH/ci/external-values.yaml"
 run "lint $STOCKMESH (ci/parity-values.yaml)" helm lint --strict "$STOCKMESH" -f "$STOCKMESH/ci/parity-values.yaml"
+run "lint $STOCKMESH (ci/parity-external-values.yaml)" helm lint --strict "$STOCKMESH" -f "$STOCKMESH/ci/parity-external-values.yaml"
 run "lint $OPERATOR (default values)" helm lint --strict "$OPERATOR"
 run "lint $OPERATOR (ci/full-values.yaml)" helm lint --strict "$OPERATOR" -f "$OPERATOR/ci/full-values.yaml"
 
@@ -207,8 +211,37 @@ else
     sed 's#path: /drain#path: /drained#' "$OUT/parity-chart.yaml" >"$OUT/parity-chart-hook.yaml"
     run "parity: a changed preStop hook is reported" \
         fails "$PY" scripts/check_parity.py "$OUT/parity-operator.yaml" "$OUT/parity-chart-hook.yaml"
+    # NetworkPolicies: a rule widened to any address, and a store whose log
+    # directory is not a volume, are reported.
+    sed 's#ipBlock: {cidr: 10.244.0.0/16}#ipBlock: {cidr: 0.0.0.0/0}#' \
+        "$OUT/parity-chart.yaml" >"$OUT/parity-chart-np.yaml"
+    run "parity: a NetworkPolicy rule widened to any address is reported" \
+        fails "$PY" scripts/check_parity.py "$OUT/parity-operator.yaml" "$OUT/parity-chart-np.yaml"
+    sed 's#mountPath: /var/log/rabbitmq#mountPath: /var/log/elsewhere#' \
+        "$OUT/parity-chart.yaml" >"$OUT/parity-chart-logs.yaml"
+    run "parity: a store's writable mounts out of step are reported" \
+        fails "$PY" scripts/check_parity.py "$OUT/parity-operator.yaml" "$OUT/parity-chart-logs.yaml"
     run "validate $STOCKMESH (parity values)" validate "$OUT/parity-chart.yaml"
     run "stockmesh (parity values): contract" check stockmesh "$OUT/parity-chart.yaml" --tls
+    # External stores: the NetworkPolicies name the same networks and ports.
+    PARITY_EXT_CR=k8s/examples/external-database.yaml
+    PARITY_EXT_VALUES=$STOCKMESH/ci/parity-external-values.yaml
+    if ! cargo run -q --locked -p stockmesh-operator --bin render -- "$PARITY_EXT_CR" --redact \
+        >"$OUT/parity-ext-operator.yaml" 2>"$OUT/render.err"; then
+        run "run the operator's render for $PARITY_EXT_CR" show_error "$OUT/render.err"
+    elif ! helm template shop "$STOCKMESH" --namespace stockmesh -f "$PARITY_EXT_VALUES" \
+        >"$OUT/parity-ext-chart.yaml" 2>"$OUT/render.err"; then
+        run "render $STOCKMESH ($PARITY_EXT_VALUES)" show_error "$OUT/render.err"
+    else
+        run "parity: chart ($PARITY_EXT_VALUES) == operator ($PARITY_EXT_CR): NetworkPolicies" \
+            "$PY" scripts/check_parity.py "$OUT/parity-ext-operator.yaml" "$OUT/parity-ext-chart.yaml" \
+            --only networkpolicies
+        sed 's#port: 5671, protocol#port: 5672, protocol#' \
+            "$OUT/parity-ext-chart.yaml" >"$OUT/parity-ext-port.yaml"
+        run "parity: another external broker port is reported" \
+            fails "$PY" scripts/check_parity.py "$OUT/parity-ext-operator.yaml" "$OUT/parity-ext-port.yaml" \
+            --only networkpolicies
+    fi
 fi
 
 echo "== generated operator artifacts in sync with the chart"

@@ -713,17 +713,17 @@ pub struct NetworkPolicySpec {
     #[serde(default = "default_ingress_namespace")]
     #[schemars(length(min = 1, max = 63))]
     pub ingress_controller_namespace: String,
-    /// Labels of the ingress controller's pods in that namespace; empty (the
-    /// default): every pod of the namespace.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    /// Labels of the ingress controller's pods in that namespace (the
+    /// default is ingress-nginx's); `{}`: every pod of the namespace.
+    #[serde(default = "default_ingress_pod_labels")]
     pub ingress_controller_pod_labels: BTreeMap<String, String>,
     /// Namespace of Prometheus, allowed to scrape every service on 8080.
     #[serde(default = "default_monitoring_namespace")]
     #[schemars(length(min = 1, max = 63))]
     pub monitoring_namespace: String,
-    /// Labels of the Prometheus pods in that namespace; empty (the default):
-    /// every pod of the namespace.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    /// Labels of the Prometheus pods in that namespace (the default is the
+    /// Prometheus Operator's); `{}`: every pod of the namespace.
+    #[serde(default = "default_monitoring_pod_labels")]
     pub monitoring_pod_labels: BTreeMap<String, String>,
     /// Where the OTLP endpoint (`tracing.otlpEndpoint`) lives: the services
     /// may send to this network, on the endpoint's port (an `ipBlock`; a
@@ -739,9 +739,9 @@ impl Default for NetworkPolicySpec {
         Self {
             enabled: true,
             ingress_controller_namespace: default_ingress_namespace(),
-            ingress_controller_pod_labels: BTreeMap::new(),
+            ingress_controller_pod_labels: default_ingress_pod_labels(),
             monitoring_namespace: default_monitoring_namespace(),
-            monitoring_pod_labels: BTreeMap::new(),
+            monitoring_pod_labels: default_monitoring_pod_labels(),
             otlp_cidr: default_any_cidr(),
         }
     }
@@ -752,6 +752,12 @@ fn default_ingress_namespace() -> String {
 }
 fn default_monitoring_namespace() -> String {
     "monitoring".into()
+}
+fn default_ingress_pod_labels() -> BTreeMap<String, String> {
+    BTreeMap::from([("app.kubernetes.io/name".into(), "ingress-nginx".into())])
+}
+fn default_monitoring_pod_labels() -> BTreeMap<String, String> {
+    BTreeMap::from([("app.kubernetes.io/name".into(), "prometheus".into())])
 }
 
 /// Observed state, written by the operator.

@@ -492,18 +492,24 @@ fn network_policies_allow_only_the_contract_edges() {
             "{n}"
         );
     }
-    // Ingress controller and Prometheus -> HTTP; inventory is not public.
+    // Ingress controller and Prometheus pods -> HTTP; inventory is not public.
     assert_eq!(
         edges(np("shop-user"), "ingress"),
         vec![(
-            set(&["ns:ingress-nginx", "ns:monitoring"]),
+            set(&[
+                "ns:ingress-nginx/app.kubernetes.io/name=ingress-nginx",
+                "ns:monitoring/app.kubernetes.io/name=prometheus"
+            ]),
             set(&["TCP/8080"])
         )]
     );
     assert_eq!(
         edges(np("shop-inventory"), "ingress"),
         vec![
-            (set(&["ns:monitoring"]), set(&["TCP/8080"])),
+            (
+                set(&["ns:monitoring/app.kubernetes.io/name=prometheus"]),
+                set(&["TCP/8080"])
+            ),
             (set(&["pod:product", "pod:order"]), set(&["TCP/50051"]))
         ]
     );

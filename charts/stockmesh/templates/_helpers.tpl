@@ -146,6 +146,35 @@ upgrades), or an empty dict. Call with (list $ "secret-name").
 {{- end -}}
 {{- end -}}
 
+{{/*
+BREAKER_MAX_OPEN_MS: resilience.breaker.maxOpenMs, at least openMs; unset,
+the larger of openMs and 30000 (as the operator).
+*/}}
+{{- define "stockmesh.breakerMaxOpenMs" -}}
+{{- $b := .Values.resilience.breaker -}}
+{{- if kindIs "invalid" $b.maxOpenMs -}}
+{{ max (int64 $b.openMs) 30000 }}
+{{- else if lt (int64 $b.maxOpenMs) (int64 $b.openMs) -}}
+{{ fail (printf "resilience.breaker.maxOpenMs (%v) must be at least openMs (%v)" $b.maxOpenMs $b.openMs) }}
+{{- else -}}
+{{ int64 $b.maxOpenMs }}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The port of a URL: the explicit one, else the scheme's default (as the
+operator's url_ports).
+*/}}
+{{- define "stockmesh.urlPort" -}}
+{{- $u := urlParse . -}}
+{{- $port := regexFind ":[0-9]+$" $u.host | trimPrefix ":" -}}
+{{- if $port -}}
+{{ $port }}
+{{- else -}}
+{{ get (dict "https" "443" "postgres" "5432" "postgresql" "5432" "amqp" "5672" "amqps" "5671") $u.scheme | default "80" }}
+{{- end -}}
+{{- end -}}
+
 {{/* The checksum of the configuration every service pod reads. */}}
 {{- define "stockmesh.configChecksum" -}}
 {{ include (print .Template.BasePath "/configmap.yaml") . | sha256sum }}
