@@ -597,6 +597,26 @@ fn network_policies_name_the_networks_of_the_endpoints_outside_the_cluster() {
         )]
     );
 
+    // `{}`: every pod of the namespace (a controller without those labels).
+    let any_pod = render_objects(
+        &example("minimal.yaml").replace(
+            "spec: {}",
+            "spec:\n  networkPolicy:\n    ingressControllerNamespace: traefik\n    ingressControllerPodLabels: {}",
+        ),
+        &RenderOptions::default(),
+    )
+    .expect("renders");
+    assert_eq!(
+        edges(find(&any_pod, Kind::NetworkPolicy, "shop-order"), "ingress"),
+        vec![(
+            set(&[
+                "ns:traefik",
+                "ns:monitoring/app.kubernetes.io/name=prometheus"
+            ]),
+            set(&["TCP/8080"])
+        )]
+    );
+
     let ext = render("external-database.yaml");
     let np = |n: &str| find(&ext, Kind::NetworkPolicy, n).clone();
     let order = edges(&np("shop-order"), "egress");
