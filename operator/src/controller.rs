@@ -12,8 +12,10 @@
 //!    that do); server-side apply every other object whose
 //!    `stockmesh.io/applied-hash` annotation differs from the observed one,
 //!    or that lacks a desired field or holds another value there (drift:
-//!    a manual edit, [`crate::drift`]) — in a steady state nothing is
-//!    written; delete objects it owns that are no longer desired (e.g. the
+//!    a manual edit, [`crate::drift`]; entries other managers added to
+//!    merged lists and fields the server did not keep after our last apply
+//!    of the same desired object are not drift) — in a steady state nothing
+//!    is written; delete objects it owns that are no longer desired (e.g. the
 //!    Ingress after `ingress.enabled: false`);
 //! 5. publish Events for what it created, updated, deleted or failed;
 //! 6. compute the status and patch it only if it changed.
