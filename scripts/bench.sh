@@ -10,7 +10,11 @@
 #     concurrency until throughput stops growing, latency at the best point
 #     and at 70 % of it (open loop), errors, notification lag;
 #  3. the ratio of the two;
-#  4. idle RSS of each service after start-up and its time from start to ready.
+#  4. idle RSS of each service after start-up and its time from start to ready;
+#  5. logins/s (password checks, the CPU-heavy request) with the hashing bound
+#     and without it (a user process whose bound is too large to bite: the
+#     service before the bound), at 4 and 32 concurrent logins, with each
+#     process's peak memory.
 #
 # Results: bench/results/<date>.json and .md. Not part of `make test`.
 # Tunables: BENCH_SECONDS (per step, default 10), BENCH_PORT_BASE (default 57000),
@@ -148,6 +152,51 @@ loadgen --rate "$target" --lag-every 20 --json "$STACK_STATE/open-70.json" || tr
 ceiling_after="$(pgbench_tps "$best_ceiling_c")" || ceiling_after=0
 log "ceiling again after the system runs: pgbench -c $best_ceiling_c: ${ceiling_after:-?} orders/s"
 
+# ---------------------------------------------------------------- logins
+# Two fresh user processes on the same database: "bounded" as configured by
+# default (PASSWORD_HASH_CONCURRENCY = cores, at most 4, queue 32), and
+# "unbounded" with limits too large to bite (how the service hashed before
+# the bound: one hash per request, all at once). Peak memory is VmHWM.
+login_json="$STACK_STATE/logins.json"
+echo '{}' >"$login_json"
+login_instance() { # NAME PORT [VAR=value ...]
+  local name="$1" port="$2"; shift 2
+  stack_start user "HTTP_ADDR=127.0.0.1:$port" "RUST_LOG=warn" \
+    "LOGIN_RATE_PER_CLIENT=1000000" "REGISTER_RATE_PER_CLIENT=1000000" "$@"
+  stack_wait user "http://127.0.0.1:$port/readyz"
+  local pid="${STACK_PIDS[-1]}" c file
+  for c in 4 32; do
+    file="$STACK_STATE/logins-$name-$c.json"
+    LOADGEN_USER_URL="http://127.0.0.1:$port" "$STACK_BIN/loadgen" \
+      --admin-email "$admin_email" --admin-password "$admin_password" \
+      --mode logins --users 8 --products 1 --concurrency "$c" --duration "$seconds" \
+      --lag-every 0 --quiet --json "$file" >/dev/null || true
+    log "  logins, $name, concurrency $c: $(python3 -c 'import json,sys; o=json.load(open(sys.argv[1]))["operations"].get("login",{}); print(round(o.get("ok_per_second",0),1), "logins/s, p99", round(o.get("p99_ms",0),1), "ms")' "$file")"
+  done
+  local hwm
+  hwm="$(awk '/^VmHWM:/ { print $2 }' "/proc/$pid/status")"
+  kill -TERM "$pid" 2>/dev/null || true
+  python3 - "$login_json" "$name" "$hwm" "$STACK_STATE/logins-$name-4.json" "$STACK_STATE/logins-$name-32.json" <<'PY'
+import json, sys
+path, name, hwm, *files = sys.argv[1:]
+result = json.load(open(path))
+entry = {"peak_rss_mib": round(int(hwm or 0) / 1024, 1)}
+for f in files:
+    r = json.load(open(f))
+    o = r["operations"].get("login", {})
+    entry[f"concurrency_{r['settings']['concurrency']}"] = {
+        "logins_per_second": round(o.get("ok_per_second", 0), 1), "p50_ms": o.get("p50_ms"),
+        "p99_ms": o.get("p99_ms"), "errors": r["errors"],
+        "errors_by_status": r["errors_by_status"],
+    }
+result[name] = entry
+json.dump(result, open(path, "w"))
+PY
+}
+log "logins: password checks per second, with and without the hashing bound ($seconds s per step)"
+login_instance bounded "$((base + 91))"
+login_instance unbounded "$((base + 92))" "PASSWORD_HASH_CONCURRENCY=4096" "PASSWORD_HASH_QUEUE_MAX=4096"
+
 # ---------------------------------------------------------------- report
 rss_json="{"; ready_json="{"; anon_json="{"
 for svc in "${services[@]}"; do
@@ -156,9 +205,10 @@ for svc in "${services[@]}"; do
 done
 rss_json="${rss_json%,}}"; ready_json="${ready_json%,}}"; anon_json="${anon_json%,}}"
 python3 - "$out_dir/$stamp" "$best_ceiling" "$best_ceiling_c" "$best_c" "$best_file" "$STACK_STATE/open-70.json" \
-  "$rss_json" "$ready_json" "$seconds" "$anon_json" "${ceiling_after:-0}" <<'PY'
+  "$rss_json" "$ready_json" "$seconds" "$anon_json" "${ceiling_after:-0}" "$login_json" <<'PY'
 import json, os, platform, sys
-out, ceiling_before, ceiling_c, best_c, best_file, open_file, rss, ready, seconds, anon, ceiling_after = sys.argv[1:]
+out, ceiling_before, ceiling_c, best_c, best_file, open_file, rss, ready, seconds, anon, ceiling_after, logins_file = sys.argv[1:]
+logins = json.load(open(logins_file))
 before, after = float(ceiling_before), float(ceiling_after or 0)
 ceiling = (before + after) / 2 if after > 0 else before
 best = json.load(open(best_file)); open70 = json.load(open(open_file))
@@ -178,6 +228,7 @@ result = {
     "idle_rss_mib": {k: round(v / 1024, 1) for k, v in json.loads(rss).items()},
     "idle_rss_anon_mib": {k: round(v / 1024, 1) for k, v in json.loads(anon).items()},
     "start_to_ready_ms": json.loads(ready),
+    "logins": logins,
 }
 json.dump(result, open(out + ".json", "w"), indent=2)
 lag = result["stockmesh"]["notification_lag"]
@@ -196,6 +247,21 @@ Machine: {cores} cores, {mem_gib} GiB; everything (five services, PostgreSQL, Ra
 | of which anonymous (MiB) | {', '.join(f'{k} {v}' for k, v in result['idle_rss_anon_mib'].items())} |
 | start to ready (ms) | {', '.join(f'{k} {v}' for k, v in result['start_to_ready_ms'].items())} |
 """
+def login_row(name, label):
+    e = logins.get(name)
+    if not e:
+        return ""
+    cells = []
+    for c in (4, 32):
+        r = e.get(f"concurrency_{c}", {})
+        cells.append(f"{r.get('logins_per_second', 0):.0f}/s, p99 {r.get('p99_ms') or 0:.0f} ms, {r.get('errors', 0)} errors")
+    return f"| {label} | {cells[0]} | {cells[1]} | {e['peak_rss_mib']} |\n"
+md += f"""
+Logins (password checks; closed loop, a fresh user process each):
+
+| user process | 4 concurrent | 32 concurrent | peak RSS (MiB) |
+|---|---|---|---|
+{login_row('bounded', 'hashing bound (default)')}{login_row('unbounded', 'no bound (before it)')}"""
 open(out + ".md", "w").write(md)
 print(md)
 PY

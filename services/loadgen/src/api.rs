@@ -4,6 +4,9 @@ use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
+/// Every shopper's password (the shoppers are loadgen's own, per run).
+pub const SHOPPER_PASSWORD: &str = "loadgen-password";
+
 /// Where each API prefix is served: one base URL (the Ingress or the local
 /// gateway), or per-service URLs (`LOADGEN_USER_URL`, `LOADGEN_PRODUCT_URL`,
 /// `LOADGEN_ORDER_URL`, `LOADGEN_NOTIFICATION_URL`, as the chart's Job sets).
@@ -72,10 +75,11 @@ impl Api {
         Session::from_answer(&body).context("refresh")
     }
 
-    /// Registers a fresh shopper and returns `(session, user id)`.
-    pub async fn shopper(&self, run: &str, n: usize) -> anyhow::Result<(Session, String)> {
+    /// Registers a fresh shopper (password [`SHOPPER_PASSWORD`]) and returns
+    /// `(session, user id, email)`.
+    pub async fn shopper(&self, run: &str, n: usize) -> anyhow::Result<(Session, String, String)> {
         let email = format!("loadgen-{run}-{n}@example.com");
-        let password = "loadgen-password";
+        let password = SHOPPER_PASSWORD;
         let response = self
             .http
             .post(format!("{}/api/users/register", self.users))
@@ -91,7 +95,7 @@ impl Api {
             .as_str()
             .context("register answered no id")?
             .to_owned();
-        Ok((self.login(&email, password).await?, id))
+        Ok((self.login(&email, password).await?, id, email))
     }
 
     /// Creates a product with `stock` units (`admin` is an access token);

@@ -17,7 +17,9 @@ Target and setup:
   --stock N               initial stock per product (default 1000000)
 
 Traffic:
-  --mode mixed|orders     mixed: browse:order weights (default 10:1); orders: order-only
+  --mode mixed|orders|logins
+                          mixed: browse:order weights (default 10:1); orders: order-only;
+                          logins: every request logs a shopper in (password hashing throughput)
   --mix B:O               browse:order weights for mixed mode (default 10:1)
   --concurrency N         closed loop: N workers back to back (default 16)
   --rate R                open loop: R requests per second instead (ignores --concurrency)
@@ -33,8 +35,13 @@ Output:
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
-    Mixed { browse: u32, order: u32 },
+    Mixed {
+        browse: u32,
+        order: u32,
+    },
     OrdersOnly,
+    /// Every request is a shopper's login: the cost of password checks.
+    Logins,
 }
 
 #[derive(Debug, Clone)]
@@ -92,7 +99,7 @@ impl Options {
             quiet: false,
         };
         let mut mix = (10, 1);
-        let mut orders_only = false;
+        let mut only = None;
         let mut i = 0;
         while i < args.len() {
             let flag = args[i].as_str();
@@ -110,10 +117,13 @@ impl Options {
                 "--products" => o.products = number(value(args, &mut i, flag)?, flag)?,
                 "--stock" => o.stock = number(value(args, &mut i, flag)?, flag)?,
                 "--mode" => match value(args, &mut i, flag)? {
-                    "mixed" => orders_only = false,
-                    "orders" | "order-only" => orders_only = true,
+                    "mixed" => only = None,
+                    "orders" | "order-only" => only = Some(Mode::OrdersOnly),
+                    "logins" => only = Some(Mode::Logins),
                     other => {
-                        return Err(format!("--mode: expected mixed or orders, got {other:?}"));
+                        return Err(format!(
+                            "--mode: expected mixed, orders or logins, got {other:?}"
+                        ));
                     }
                 },
                 "--mix" => {
@@ -136,14 +146,10 @@ impl Options {
             }
             i += 1;
         }
-        o.mode = if orders_only {
-            Mode::OrdersOnly
-        } else {
-            Mode::Mixed {
-                browse: mix.0,
-                order: mix.1,
-            }
-        };
+        o.mode = only.unwrap_or(Mode::Mixed {
+            browse: mix.0,
+            order: mix.1,
+        });
         if o.users == 0 || o.products == 0 || o.concurrency == 0 {
             return Err("--users, --products and --concurrency must be at least 1".into());
         }
@@ -190,6 +196,9 @@ mod tests {
             }
         );
         assert_eq!(o.rate, Some(50.0));
+        let o = parse(&["--mode", "logins"]).unwrap().unwrap();
+        assert_eq!(o.mode, Mode::Logins);
+        assert!(parse(&["--mode", "browse"]).is_err());
         assert!(parse(&["--concurrency", "0"]).is_err());
         assert!(parse(&["--mix", "0:0"]).is_err());
         assert!(parse(&["--rate", "-1"]).is_err());

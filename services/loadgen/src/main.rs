@@ -30,12 +30,14 @@ use report::Stats;
 
 /// A shopper's session; its access token is replaced as it is refreshed.
 struct Shopper {
+    email: String,
     session: std::sync::RwLock<Session>,
 }
 
 impl Shopper {
-    fn new(session: Session) -> Self {
+    fn new(email: String, session: Session) -> Self {
         Self {
+            email,
             session: std::sync::RwLock::new(session),
         }
     }
@@ -192,7 +194,8 @@ async fn run(options: Options) -> anyhow::Result<u64> {
     }
     let mut shoppers = Vec::new();
     for n in 0..options.users {
-        shoppers.push(Shopper::new(api.shopper(&run_id, n).await?.0));
+        let (session, _id, email) = api.shopper(&run_id, n).await?;
+        shoppers.push(Shopper::new(email, session));
     }
     let shared = Arc::new(Shared {
         api,
@@ -293,6 +296,7 @@ async fn one_request(shared: &Arc<Shared>, i: u64, n: u64) {
     let is_order = match shared.options.mode {
         Mode::OrdersOnly => true,
         Mode::Mixed { browse, order } => (i % u64::from(browse + order)) >= u64::from(browse),
+        Mode::Logins => return one_login(shared, i).await,
     };
     let token = &shared.shoppers[(n as usize) % shared.shoppers.len()].token();
     let product = &shared.products[(i as usize) % shared.products.len()];
@@ -361,6 +365,38 @@ async fn one_request(shared: &Arc<Shared>, i: u64, n: u64) {
             .await
             .record("browse", took, status, &[200]);
     }
+}
+
+/// One shopper logs in (the shoppers take turns). The sessions it opens
+/// are left to expire.
+async fn one_login(shared: &Arc<Shared>, i: u64) {
+    let shopper = &shared.shoppers[(i as usize) % shared.shoppers.len()];
+    let api = &shared.api;
+    let url = format!("{}/api/users/login", api.users);
+    let span = client_span("POST", "/api/users/login", &url);
+    let start = Instant::now();
+    let result = api
+        .http
+        .post(url)
+        .headers(trace_headers(&span))
+        .json(&json!({"email": shopper.email, "password": api::SHOPPER_PASSWORD}))
+        .send()
+        .await;
+    let took = start.elapsed();
+    let status = match result {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            let _ = response.bytes().await;
+            Ok(status)
+        }
+        Err(_) => Err(()),
+    };
+    finish_span(&span, status);
+    shared
+        .stats
+        .lock()
+        .await
+        .record("login", took, status, &[200]);
 }
 
 /// Refreshes each shopper's session half-way through its access token's

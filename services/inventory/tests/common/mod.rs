@@ -28,7 +28,9 @@ pub fn config(database_url: &str, extra: &[(&str, &str)]) -> InventoryConfig {
         ("GRPC_ADDR", "127.0.0.1:0"),
         ("DATABASE_URL", database_url),
         ("DATABASE_MAX_CONNECTIONS", "20"),
-        ("DATABASE_ACQUIRE_TIMEOUT_MS", "1000"),
+        // Generous: a burst opens many connections at once (SCRAM login
+        // each), slow on a loaded machine; no test here is about the pool.
+        ("DATABASE_ACQUIRE_TIMEOUT_MS", "10000"),
         ("SHUTDOWN_GRACE_MS", "5000"),
     ]
     .into_iter()
