@@ -157,6 +157,8 @@ log "ceiling again after the system runs: pgbench -c $best_ceiling_c: ${ceiling_
 # default (PASSWORD_HASH_CONCURRENCY = cores, at most 4, queue 32), and
 # "unbounded" with limits too large to bite (how the service hashed before
 # the bound: one hash per request, all at once). Peak memory is VmHWM.
+# One shopper per concurrent login: more parallel attempts than
+# LOGIN_BACKOFF_AFTER_FAILURES on one account count as guessing (429).
 login_json="$STACK_STATE/logins.json"
 echo '{}' >"$login_json"
 login_instance() { # NAME PORT [VAR=value ...]
@@ -169,7 +171,7 @@ login_instance() { # NAME PORT [VAR=value ...]
     file="$STACK_STATE/logins-$name-$c.json"
     LOADGEN_USER_URL="http://127.0.0.1:$port" "$STACK_BIN/loadgen" \
       --admin-email "$admin_email" --admin-password "$admin_password" \
-      --mode logins --users 8 --products 1 --concurrency "$c" --duration "$seconds" \
+      --mode logins --users 32 --products 1 --concurrency "$c" --duration "$seconds" \
       --lag-every 0 --quiet --json "$file" >/dev/null || true
     log "  logins, $name, concurrency $c: $(python3 -c 'import json,sys; o=json.load(open(sys.argv[1]))["operations"].get("login",{}); print(round(o.get("ok_per_second",0),1), "logins/s, p99", round(o.get("p99_ms",0),1), "ms")' "$file")"
   done
