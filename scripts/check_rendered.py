@@ -457,23 +457,50 @@ def check_operator(docs, rules_file):
         problem(f"operator: image {c['image']} is not stockmesh-operator")
     probe_is(c.get("livenessProbe"), "http", path="/healthz", period=10, failure=3, label="operator livenessProbe")
     probe_is(c.get("readinessProbe"), "http", path="/readyz", period=5, failure=2, label="operator readinessProbe")
-    roles = find(docs, "ClusterRole")
-    if len(roles) != 1:
-        problem(f"operator chart: {len(roles)} ClusterRoles, want 1")
-    else:
-        with open(rules_file) as f:
-            want = yaml.safe_load(f)
-        if roles[0].get("rules") != want:
-            problem("operator ClusterRole rules differ from files/clusterrole-rules.yaml")
-        for r in roles[0]["rules"]:
+    with open(rules_file) as f:
+        want = yaml.safe_load(f)
+
+    def rules_ok(role, label):
+        if role.get("rules") != want:
+            problem(f"{label} rules differ from files/clusterrole-rules.yaml")
+        for r in role.get("rules", []):
             if "*" in r.get("verbs", []) or "*" in r.get("resources", []) or "*" in r.get("apiGroups", []):
-                problem(f"operator ClusterRole: wildcard rule {r}")
+                problem(f"{label}: wildcard rule {r}")
             if {"escalate", "bind", "impersonate"} & set(r.get("verbs", [])):
-                problem(f"operator ClusterRole: privilege-escalating verb in {r}")
-    binding = find(docs, "ClusterRoleBinding")
+                problem(f"{label}: privilege-escalating verb in {r}")
+
     sa = find(docs, "ServiceAccount")
-    if not binding or not sa or binding[0]["subjects"][0]["name"] != sa[0]["metadata"]["name"]:
-        problem("operator: ClusterRoleBinding does not bind the operator's ServiceAccount")
+    sa_name = sa[0]["metadata"]["name"] if sa else None
+    watched = [a.split("=", 1)[1] for a in c.get("args", []) if a.startswith("--namespace=")]
+    if watched:
+        # Namespaced install: a Role + RoleBinding in each watched namespace
+        # and nothing cluster-wide.
+        namespaces = sorted(watched[0].split(","))
+        if find(docs, "ClusterRole") or find(docs, "ClusterRoleBinding"):
+            problem(f"operator watching {namespaces} still renders a ClusterRole/ClusterRoleBinding")
+        roles = {r["metadata"].get("namespace"): r for r in find(docs, "Role")}
+        bindings = {b["metadata"].get("namespace"): b for b in find(docs, "RoleBinding")}
+        if sorted(roles) != namespaces or sorted(bindings) != namespaces:
+            problem(f"operator: Roles in {sorted(roles)}, RoleBindings in {sorted(bindings)}, "
+                    f"want one of each in {namespaces}")
+        for ns, role in roles.items():
+            rules_ok(role, f"operator Role in {ns}")
+        for ns, b in bindings.items():
+            if b["roleRef"]["kind"] != "Role" or b["roleRef"]["name"] != roles.get(ns, {}).get("metadata", {}).get("name"):
+                problem(f"operator RoleBinding in {ns} does not bind its Role")
+            if not sa_name or b["subjects"][0]["name"] != sa_name:
+                problem(f"operator RoleBinding in {ns} does not bind the operator's ServiceAccount")
+    else:
+        roles = find(docs, "ClusterRole")
+        if len(roles) != 1:
+            problem(f"operator chart: {len(roles)} ClusterRoles, want 1")
+        else:
+            rules_ok(roles[0], "operator ClusterRole")
+        binding = find(docs, "ClusterRoleBinding")
+        if not binding or not sa_name or binding[0]["subjects"][0]["name"] != sa_name:
+            problem("operator: ClusterRoleBinding does not bind the operator's ServiceAccount")
+        if find(docs, "Role") or find(docs, "RoleBinding"):
+            problem("operator: cluster-wide install renders namespaced Roles too")
     if not any(s["metadata"]["name"].endswith("-metrics") for s in find(docs, "Service")):
         problem("operator: no metrics Service")
 

@@ -144,7 +144,13 @@ run "stockmesh: a config change rolls every service (config-hash)" \
 run "stockmesh: no credential-like keys in values.yaml or ci/*.yaml" \
     bash -c "! grep -Eiq '^[[:space:]]*(password|secret|token|url)[[:space:]]*:' '$STOCKMESH/values.yaml' '$STOCKMESH/ci/'*.yaml"
 run "operator: deployment, probes, least-privilege RBAC" check operator "$OUT/operator-default.yaml"
-run "operator (full values)" check operator "$OUT/operator-full.yaml"
+run "operator (full values: namespaced install, a Role + RoleBinding per watched namespace, image allow-list)" \
+    check operator "$OUT/operator-full.yaml"
+run "operator (full values): the operator is started with the watched namespaces and allowed images" \
+    bash -c "grep -q -- '--namespace=shop,shop-staging' '$OUT/operator-full.yaml' && grep -q -- '--allowed-images=registry.example.com/stockmesh/,postgres,rabbitmq' '$OUT/operator-full.yaml'"
+sed 's/^kind: Role$/kind: ClusterRole/' "$OUT/operator-full.yaml" >"$OUT/operator-widened.yaml"
+run "operator: a namespaced install granting a ClusterRole is reported" \
+    fails check operator "$OUT/operator-widened.yaml"
 # The helm arguments skaffold's default deploy passes to the operator chart
 # (image templates replaced by sample values), so that the InventorySystem it
 # installs is checked against the CRD exactly as skaffold would make it.

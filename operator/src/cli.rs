@@ -15,8 +15,14 @@ OPTIONS:
                             account when running in a pod, else $KUBECONFIG or
                             ~/.kube/config.
     --context <NAME>        Kubeconfig context (default: the current context).
-    --namespace <NS>        Watch only this namespace (default: all namespaces;
-                            a namespaced Role is then enough, see README).
+    --namespace <NS[,NS]>   Watch only these namespaces (repeatable or
+                            comma-separated; default: all namespaces). A Role
+                            in each is then enough (chart: watchNamespaces).
+    --allowed-images <LIST> Registries/repositories the images of a spec may
+                            come from, comma-separated (`ghcr.io/acme/` for a
+                            path, `postgres` for a repository, `postgres:16.4`
+                            for one image); a spec choosing another image is
+                            InvalidSpec. Default: any image.
     --http-addr <ADDR>      Address of /metrics, /healthz and /readyz
                             (default 0.0.0.0:8080).
     --concurrency <N>       InventorySystems reconciled in parallel (default 4).
@@ -41,7 +47,10 @@ THEN CREATE A SYSTEM:
 pub struct Options {
     pub kubeconfig: Option<PathBuf>,
     pub context: Option<String>,
-    pub namespace: Option<String>,
+    /// Namespaces to watch; empty: every namespace.
+    pub namespaces: Vec<String>,
+    /// `--allowed-images` entries; empty: any image.
+    pub allowed_images: Vec<String>,
     pub http_addr: SocketAddr,
     pub concurrency: u16,
 }
@@ -51,7 +60,8 @@ impl Default for Options {
         Self {
             kubeconfig: None,
             context: None,
-            namespace: None,
+            namespaces: Vec::new(),
+            allowed_images: Vec::new(),
             http_addr: SocketAddr::from(([0, 0, 0, 0], 8080)),
             concurrency: 4,
         }
@@ -86,7 +96,23 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
             "-V" | "--version" => return Ok(Command::Version),
             "--kubeconfig" => opts.kubeconfig = Some(PathBuf::from(value("--kubeconfig")?)),
             "--context" => opts.context = Some(value("--context")?),
-            "--namespace" | "-n" => opts.namespace = Some(value("--namespace")?),
+            "--namespace" | "-n" => {
+                for ns in list(&value("--namespace")?) {
+                    if !valid_namespace(&ns) {
+                        return Err(format!(
+                            "--namespace {ns:?} is not a namespace name (a DNS label)"
+                        ));
+                    }
+                    opts.namespaces.push(ns);
+                }
+            }
+            "--allowed-images" => {
+                let entries = list(&value("--allowed-images")?);
+                if entries.is_empty() {
+                    return Err("--allowed-images needs at least one entry".into());
+                }
+                opts.allowed_images.extend(entries);
+            }
             "--http-addr" => {
                 let v = value("--http-addr")?;
                 opts.http_addr = v.parse().map_err(|_| {
@@ -105,6 +131,26 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
     Ok(Command::Run(opts))
 }
 
+/// The non-empty items of a comma-separated value.
+fn list(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A Kubernetes namespace name: a DNS label.
+fn valid_namespace(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,6 +167,9 @@ mod tests {
             "--context=kind",
             "-n",
             "shop",
+            "--namespace=team-a,team-b",
+            "--allowed-images",
+            "ghcr.io/stockmesh/, postgres",
             "--http-addr",
             "127.0.0.1:9090",
             "--concurrency=2",
@@ -131,7 +180,8 @@ mod tests {
             Command::Run(Options {
                 kubeconfig: Some("/tmp/kc".into()),
                 context: Some("kind".into()),
-                namespace: Some("shop".into()),
+                namespaces: vec!["shop".into(), "team-a".into(), "team-b".into()],
+                allowed_images: vec!["ghcr.io/stockmesh/".into(), "postgres".into()],
                 http_addr: "127.0.0.1:9090".parse().expect("addr"),
                 concurrency: 2,
             })
@@ -145,6 +195,8 @@ mod tests {
         assert!(parse(args(&["--concurrency", "0"])).is_err());
         assert!(parse(args(&["--http-addr", "nope"])).is_err());
         assert!(parse(args(&["--kubeconfig"])).is_err());
+        assert!(parse(args(&["--namespace", "Team_A"])).is_err());
+        assert!(parse(args(&["--allowed-images", ","])).is_err());
         let err = parse(args(&["--frobnicate"])).expect_err("unknown");
         assert!(err.contains("--frobnicate"));
     }

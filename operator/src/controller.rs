@@ -1,7 +1,8 @@
 //! The reconciler: observe, build, write what differs, report.
 //!
 //! One reconcile of an InventorySystem:
-//! 1. validate the spec; an invalid spec gets a `Degraded=True/InvalidSpec`
+//! 1. validate the spec (and its images against `--allowed-images`); an
+//!    invalid spec gets a `Degraded=True/InvalidSpec`
 //!    condition and a Warning event, and nothing else happens until the spec
 //!    changes (no crash loop, no retries);
 //! 2. list every kind it manages in the namespace, by label
@@ -35,6 +36,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::crd::{InventorySystem, InventorySystemStatus, Phase};
 use crate::drift;
+use crate::images::ImagePolicy;
 use crate::metrics::Metrics;
 use crate::names::{self, Svc};
 use crate::resources::{self, BuildError, Desired, Kind, ObservedSecrets, WriteMode};
@@ -79,6 +81,8 @@ pub struct Context {
     /// accepts the server's values there until the desired object changes.
     /// Only objects with such fields have an entry.
     served: Mutex<HashMap<String, (String, drift::Accepted)>>,
+    /// Where the images a spec chooses may come from (`--allowed-images`).
+    images: ImagePolicy,
 }
 
 impl Context {
@@ -93,7 +97,14 @@ impl Context {
             metrics,
             failures: Mutex::new(HashMap::new()),
             served: Mutex::new(HashMap::new()),
+            images: ImagePolicy::default(),
         }
+    }
+
+    /// Restricts the images specs may choose (see [`crate::images`]).
+    pub fn with_image_policy(mut self, images: ImagePolicy) -> Self {
+        self.images = images;
+        self
     }
 
     /// What the drift check accepts for a child whose desired object has
@@ -462,8 +473,9 @@ async fn reconcile_inner(obj: &InventorySystem, ctx: &Context) -> Result<Action,
     let name = obj.name_any();
     let now = status::now_rfc3339();
 
-    // 1. Validate.
-    let problems = resources::validate(obj);
+    // 1. Validate (the spec, and the images it chooses).
+    let mut problems = resources::validate(obj);
+    problems.extend(ctx.images.problems(&obj.spec));
     if !problems.is_empty() {
         let message = problems.join("; ");
         let st = status::compute(

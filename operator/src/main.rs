@@ -1,25 +1,19 @@
 //! `stockmesh-operator`: see `--help` and operator/README.md.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 
 use anyhow::Context as _;
-use futures::StreamExt;
-use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
-use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{Api, ListParams};
+use kube::api::ListParams;
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::runtime::controller::{self, Controller};
-use kube::runtime::{WatchStreamExt, predicates, reflector, watcher};
 use kube::{Client, Config};
-use serde::de::DeserializeOwned;
 use stockmesh_operator::cli::{self, Command, HELP, Options};
-use stockmesh_operator::controller::{Context, error_policy, reconcile};
+use stockmesh_operator::compat;
+use stockmesh_operator::controller::Context;
+use stockmesh_operator::images::ImagePolicy;
 use stockmesh_operator::metrics::Metrics;
+use stockmesh_operator::runner::{self, Scope};
 use stockmesh_operator::server::{self, AppState};
-use stockmesh_operator::{InventorySystem, compat, names};
 use tokio::sync::watch;
 
 #[tokio::main]
@@ -68,41 +62,6 @@ async fn client(opts: &Options) -> anyhow::Result<Client> {
     Ok(compat::client(config)?)
 }
 
-fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
-where
-    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
-    K::DynamicType: Default,
-{
-    match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    }
-}
-
-fn owned_config() -> watcher::Config {
-    watcher::Config::default().labels(&format!(
-        "{}={}",
-        names::LABEL_MANAGED_BY,
-        names::MANAGED_BY
-    ))
-}
-
-fn owns<K>(
-    c: Controller<InventorySystem>,
-    client: &Client,
-    ns: Option<&str>,
-) -> Controller<InventorySystem>
-where
-    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + 'static,
-{
-    c.owns(api::<K>(client, ns), owned_config())
-}
-
 async fn run(opts: Options) -> anyhow::Result<()> {
     let client = client(&opts).await?;
     tracing::info!(
@@ -112,11 +71,28 @@ async fn run(opts: Options) -> anyhow::Result<()> {
         "stockmesh-operator starting"
     );
     compat::check_server_version(&client).await;
-    let ns = opts.namespace.as_deref();
-    let systems: Api<InventorySystem> = api(&client, ns);
-    systems.list(&ListParams::default().limit(1)).await.context(
-        "cannot list InventorySystems: is the CRD installed (kubectl apply -f k8s/crd/inventorysystem.yaml) and may this account list them?",
-    )?;
+    let scope = Scope::from_namespaces(&opts.namespaces);
+    let images = ImagePolicy::new(&opts.allowed_images).map_err(anyhow::Error::msg)?;
+    tracing::info!(
+        namespaces = %scope.describe(),
+        allowed_images = %if images.allows_all() { "<any>".to_owned() } else { opts.allowed_images.join(",") },
+        "scope"
+    );
+    // The CRD is installed and this account may list InventorySystems
+    // everywhere it is meant to watch.
+    let check: Vec<Option<String>> = match &scope {
+        Scope::Cluster => vec![None],
+        Scope::Namespaces(list) => list.iter().cloned().map(Some).collect(),
+    };
+    for ns in check {
+        runner::systems_api(&client, ns.as_deref())
+            .list(&ListParams::default().limit(1))
+            .await
+            .with_context(|| format!(
+                "cannot list InventorySystems in {}: is the CRD installed (kubectl apply -f k8s/crd/inventorysystem.yaml) and may this account list them there?",
+                ns.as_deref().map_or("any namespace".to_owned(), |ns| format!("namespace {ns}"))
+            ))?;
+    }
 
     let metrics = Arc::new(Metrics::new());
     let ready = Arc::new(AtomicBool::new(false));
@@ -136,51 +112,11 @@ async fn run(opts: Options) -> anyhow::Result<()> {
         shutdown,
     ));
 
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        metrics,
-        std::env::var("POD_NAME").ok(),
-    ));
-    let (reader, writer) = reflector::store::<InventorySystem>();
-    // Only spec changes (a new generation) trigger a reconcile from the
-    // InventorySystem watch; our own status patches do not.
-    let trigger = watcher(systems, watcher::Config::default())
-        .default_backoff()
-        .reflect(writer)
-        .applied_objects()
-        .predicate_filter(predicates::generation, Default::default());
-    {
-        let reader = reader.clone();
-        let ready = ready.clone();
-        tokio::spawn(async move {
-            if reader.wait_until_ready().await.is_ok() {
-                ready.store(true, Ordering::Relaxed);
-            }
-        });
-    }
-    let mut c = Controller::for_stream(trigger, reader);
-    c = owns::<Secret>(c, &client, ns);
-    c = owns::<ConfigMap>(c, &client, ns);
-    c = owns::<Service>(c, &client, ns);
-    c = owns::<StatefulSet>(c, &client, ns);
-    c = owns::<Deployment>(c, &client, ns);
-    c = owns::<PodDisruptionBudget>(c, &client, ns);
-    c = owns::<Ingress>(c, &client, ns);
-    c = owns::<NetworkPolicy>(c, &client, ns);
-    tracing::info!(
-        namespace = ns.unwrap_or("<all>"),
-        concurrency = opts.concurrency,
-        "starting the controller"
+    let ctx = Arc::new(
+        Context::new(client.clone(), metrics, std::env::var("POD_NAME").ok())
+            .with_image_policy(images),
     );
-    c.with_config(controller::Config::default().concurrency(opts.concurrency))
-        .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(err) = result {
-                tracing::debug!(error = %err, "reconcile did not complete");
-            }
-        })
-        .await;
+    runner::run(client, &scope, ctx, opts.concurrency, ready).await;
     tracing::info!("controller stopped; shutting down");
     let _ = stop_tx.send(true);
     let _ = http.await;

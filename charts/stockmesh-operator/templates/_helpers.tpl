@@ -41,3 +41,11 @@ helm.sh/chart: {{ include "stockmesh-operator.chart" . }}
 {{- define "stockmesh-operator.image" -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
 {{- end -}}
+
+{{/* The namespaces to watch (watchNamespaces, plus the older single
+watchNamespace), as a JSON list; empty: the whole cluster. */}}
+{{- define "stockmesh-operator.watchNamespaces" -}}
+{{- $list := .Values.watchNamespaces | default list -}}
+{{- with .Values.watchNamespace }}{{- $list = append $list . -}}{{- end -}}
+{{- $list | uniq | sortAlpha | toJson -}}
+{{- end -}}
