@@ -1,167 +1,125 @@
-//! Command line of `stockmesh-operator` (a small hand-rolled parser).
+//! Command line of `stockmesh-operator` (clap; every option also has an
+//! environment variable, for the chart and for local runs).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-pub const HELP: &str = "\
-stockmesh-operator: reconciles InventorySystem resources (stockmesh.io/v1alpha1)
-into PostgreSQL, RabbitMQ and the five stockmesh services.
+use clap::Parser;
 
-USAGE:
-    stockmesh-operator [OPTIONS]
+const AFTER_HELP: &str = "\
+Environment: RUST_LOG (log filter, default info), LOG_FORMAT (json or text;
+default json unless stdout is a terminal), POD_NAME (the event reporting
+instance), OTEL_EXPORTER_OTLP_ENDPOINT (export reconcile spans).
 
-OPTIONS:
-    --kubeconfig <PATH>     Kubeconfig file to use. Default: in-cluster service
-                            account when running in a pod, else $KUBECONFIG or
-                            ~/.kube/config.
-    --context <NAME>        Kubeconfig context (default: the current context).
-    --namespace <NS[,NS]>   Watch only these namespaces (repeatable or
-                            comma-separated; default: all namespaces). A Role
-                            in each is then enough (chart: watchNamespaces).
-    --allowed-images <LIST> Registries/repositories the images of a spec may
-                            come from, comma-separated (`ghcr.io/acme/` for a
-                            path, `postgres` for a repository, `postgres:16.4`
-                            for one image); a spec choosing another image is
-                            InvalidSpec. Default: any image.
-    --http-addr <ADDR>      Address of /metrics, /healthz and /readyz
-                            (default 0.0.0.0:8080).
-    --concurrency <N>       InventorySystems reconciled in parallel (default 4).
-    -h, --help              Print this help.
-    -V, --version           Print the version.
-
-ENVIRONMENT:
-    RUST_LOG                Log filter (default: info).
-    LOG_FORMAT              json or text (default: json unless stdout is a terminal).
-    POD_NAME                Reported as the event reporting instance.
-
-BEFORE THE FIRST RUN, install the CRD:
+Before the first run, install the CRD:
     kubectl apply -f k8s/crd/inventorysystem.yaml
-RUN AGAINST A CLUSTER FROM YOUR MACHINE:
+Run against a cluster from your machine:
     cargo run -p stockmesh-operator -- --kubeconfig ~/.kube/config --context kind-stockmesh
-THEN CREATE A SYSTEM:
-    kubectl apply -f k8s/examples/minimal.yaml && kubectl get invsys -w
-";
+Then create a system:
+    kubectl apply -f k8s/examples/minimal.yaml && kubectl get invsys -w";
 
-/// Parsed options.
-#[derive(Debug, Clone, PartialEq)]
+/// Reconciles InventorySystem resources (stockmesh.io/v1alpha1) into
+/// PostgreSQL, RabbitMQ and the five stockmesh services.
+#[derive(Debug, Clone, PartialEq, Parser)]
+#[command(name = "stockmesh-operator", version, after_help = AFTER_HELP)]
 pub struct Options {
+    /// Kubeconfig file to use. Default: the in-cluster service account when
+    /// running in a pod, else $KUBECONFIG or ~/.kube/config.
+    #[arg(long, env = "STOCKMESH_KUBECONFIG", value_name = "PATH")]
     pub kubeconfig: Option<PathBuf>,
+
+    /// Kubeconfig context (default: the current context).
+    #[arg(long, env = "STOCKMESH_KUBE_CONTEXT", value_name = "NAME")]
     pub context: Option<String>,
-    /// Namespaces to watch; empty: every namespace.
+
+    /// Watch only these namespaces (repeatable or comma-separated; default:
+    /// all namespaces). A Role in each is then enough (chart:
+    /// watchNamespaces).
+    #[arg(
+        short = 'n',
+        long = "namespace",
+        env = "STOCKMESH_WATCH_NAMESPACES",
+        value_name = "NS",
+        value_delimiter = ',',
+        value_parser = parse_namespace
+    )]
     pub namespaces: Vec<String>,
-    /// `--allowed-images` entries; empty: any image.
+
+    /// Registries/repositories the images of a spec may come from,
+    /// comma-separated: `ghcr.io/acme/` for a path, `postgres` for a
+    /// repository, `postgres:16.4` for one image. A spec choosing another
+    /// image is InvalidSpec. Default: any image.
+    #[arg(
+        long,
+        env = "STOCKMESH_ALLOWED_IMAGES",
+        value_name = "LIST",
+        value_delimiter = ',',
+        value_parser = parse_image_entry
+    )]
     pub allowed_images: Vec<String>,
+
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(
+        long,
+        env = "STOCKMESH_HTTP_ADDR",
+        default_value = "0.0.0.0:8080",
+        value_name = "ADDR"
+    )]
     pub http_addr: SocketAddr,
+
+    /// InventorySystems reconciled in parallel.
+    #[arg(
+        long,
+        env = "STOCKMESH_CONCURRENCY",
+        default_value_t = 4,
+        value_parser = clap::value_parser!(u16).range(1..)
+    )]
     pub concurrency: u16,
 }
 
-impl Default for Options {
-    fn default() -> Self {
-        Self {
-            kubeconfig: None,
-            context: None,
-            namespaces: Vec::new(),
-            allowed_images: Vec::new(),
-            http_addr: SocketAddr::from(([0, 0, 0, 0], 8080)),
-            concurrency: 4,
-        }
-    }
-}
-
-/// What the command line asks for.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Command {
-    Run(Options),
-    Help,
-    Version,
-}
-
-/// Parses the arguments (without the program name).
-pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String> {
-    let mut opts = Options::default();
-    let mut args = args.into_iter();
-    while let Some(arg) = args.next() {
-        let (flag, inline) = match arg.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f.to_owned(), Some(v.to_owned())),
-            _ => (arg.clone(), None),
-        };
-        let mut value = |name: &str| -> Result<String, String> {
-            inline
-                .clone()
-                .or_else(|| args.next())
-                .ok_or_else(|| format!("{name} needs a value"))
-        };
-        match flag.as_str() {
-            "-h" | "--help" => return Ok(Command::Help),
-            "-V" | "--version" => return Ok(Command::Version),
-            "--kubeconfig" => opts.kubeconfig = Some(PathBuf::from(value("--kubeconfig")?)),
-            "--context" => opts.context = Some(value("--context")?),
-            "--namespace" | "-n" => {
-                for ns in list(&value("--namespace")?) {
-                    if !valid_namespace(&ns) {
-                        return Err(format!(
-                            "--namespace {ns:?} is not a namespace name (a DNS label)"
-                        ));
-                    }
-                    opts.namespaces.push(ns);
-                }
-            }
-            "--allowed-images" => {
-                let entries = list(&value("--allowed-images")?);
-                if entries.is_empty() {
-                    return Err("--allowed-images needs at least one entry".into());
-                }
-                opts.allowed_images.extend(entries);
-            }
-            "--http-addr" => {
-                let v = value("--http-addr")?;
-                opts.http_addr = v.parse().map_err(|_| {
-                    format!("--http-addr {v:?} is not an address like 0.0.0.0:8080")
-                })?;
-            }
-            "--concurrency" => {
-                let v = value("--concurrency")?;
-                opts.concurrency = v.parse().ok().filter(|n| *n >= 1).ok_or_else(|| {
-                    format!("--concurrency {v:?} must be a number from 1 to 65535")
-                })?;
-            }
-            other => return Err(format!("unknown argument {other:?} (see --help)")),
-        }
-    }
-    Ok(Command::Run(opts))
-}
-
-/// The non-empty items of a comma-separated value.
-fn list(value: &str) -> Vec<String> {
-    value
-        .split(',')
-        .map(str::trim)
-        .filter(|item| !item.is_empty())
-        .map(str::to_owned)
-        .collect()
-}
-
 /// A Kubernetes namespace name: a DNS label.
-fn valid_namespace(name: &str) -> bool {
-    (1..=63).contains(&name.len())
+fn parse_namespace(name: &str) -> Result<String, String> {
+    let name = name.trim();
+    let valid = (1..=63).contains(&name.len())
         && name
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         && !name.starts_with('-')
-        && !name.ends_with('-')
+        && !name.ends_with('-');
+    if valid {
+        Ok(name.to_owned())
+    } else {
+        Err(format!("{name:?} is not a namespace name (a DNS label)"))
+    }
+}
+
+/// One `--allowed-images` entry: non-empty, no spaces.
+fn parse_image_entry(entry: &str) -> Result<String, String> {
+    let entry = entry.trim();
+    if entry.is_empty() || entry.chars().any(char::is_whitespace) {
+        Err(format!("{entry:?} is not an image, repository or path"))
+    } else {
+        Ok(entry.to_owned())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::CommandFactory;
 
-    fn args(s: &[&str]) -> Vec<String> {
-        s.iter().map(|a| (*a).to_owned()).collect()
+    fn parse(args: &[&str]) -> Result<Options, clap::Error> {
+        Options::try_parse_from(std::iter::once("stockmesh-operator").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Options::command().debug_assert();
     }
 
     #[test]
     fn parses_every_option_in_both_forms() {
-        let cmd = parse(args(&[
+        let opts = parse(&[
             "--kubeconfig",
             "/tmp/kc",
             "--context=kind",
@@ -169,35 +127,43 @@ mod tests {
             "shop",
             "--namespace=team-a,team-b",
             "--allowed-images",
-            "ghcr.io/stockmesh/, postgres",
+            "ghcr.io/stockmesh/,postgres",
             "--http-addr",
             "127.0.0.1:9090",
             "--concurrency=2",
-        ]))
+        ])
         .expect("valid");
         assert_eq!(
-            cmd,
-            Command::Run(Options {
+            opts,
+            Options {
                 kubeconfig: Some("/tmp/kc".into()),
                 context: Some("kind".into()),
                 namespaces: vec!["shop".into(), "team-a".into(), "team-b".into()],
                 allowed_images: vec!["ghcr.io/stockmesh/".into(), "postgres".into()],
                 http_addr: "127.0.0.1:9090".parse().expect("addr"),
                 concurrency: 2,
-            })
+            }
         );
-        assert_eq!(parse(args(&[])), Ok(Command::Run(Options::default())));
-        assert_eq!(parse(args(&["--help"])), Ok(Command::Help));
+        let defaults = parse(&[]).expect("defaults");
+        assert!(defaults.namespaces.is_empty() && defaults.allowed_images.is_empty());
+        assert_eq!(defaults.concurrency, 4);
+        assert_eq!(defaults.http_addr, "0.0.0.0:8080".parse().expect("addr"));
     }
 
     #[test]
     fn rejects_bad_input_with_a_message() {
-        assert!(parse(args(&["--concurrency", "0"])).is_err());
-        assert!(parse(args(&["--http-addr", "nope"])).is_err());
-        assert!(parse(args(&["--kubeconfig"])).is_err());
-        assert!(parse(args(&["--namespace", "Team_A"])).is_err());
-        assert!(parse(args(&["--allowed-images", ","])).is_err());
-        let err = parse(args(&["--frobnicate"])).expect_err("unknown");
-        assert!(err.contains("--frobnicate"));
+        for bad in [
+            &["--concurrency", "0"][..],
+            &["--http-addr", "nope"],
+            &["--kubeconfig"],
+            &["--namespace", "Team_A"],
+            &["--allowed-images", "a b"],
+            &["--frobnicate"],
+        ] {
+            let err = parse(bad).expect_err("refused").to_string();
+            assert!(err.contains("error"), "{bad:?}: {err}");
+        }
+        let err = parse(&["--frobnicate"]).expect_err("unknown").to_string();
+        assert!(err.contains("--frobnicate"), "{err}");
     }
 }

@@ -4,10 +4,11 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use anyhow::Context as _;
+use clap::Parser as _;
 use kube::api::ListParams;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
-use stockmesh_operator::cli::{self, Command, HELP, Options};
+use stockmesh_operator::cli::Options;
 use stockmesh_operator::compat;
 use stockmesh_operator::controller::Context;
 use stockmesh_operator::images::ImagePolicy;
@@ -18,21 +19,8 @@ use tokio::sync::watch;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let opts = match cli::parse(std::env::args().skip(1)) {
-        Ok(Command::Run(opts)) => opts,
-        Ok(Command::Help) => {
-            print!("{HELP}");
-            return Ok(());
-        }
-        Ok(Command::Version) => {
-            println!("stockmesh-operator {}", env!("CARGO_PKG_VERSION"));
-            return Ok(());
-        }
-        Err(msg) => {
-            eprintln!("error: {msg}");
-            std::process::exit(2);
-        }
-    };
+    // `--help`, `--version` and mistakes are answered by clap (exit 0 / 2).
+    let opts = Options::parse();
     let telemetry = stockmesh_operator::telemetry::init()?;
     let result = run(opts).await;
     telemetry.shutdown();
