@@ -365,9 +365,67 @@ def check_stockmesh(docs, mode, tls):
     if jwt:
         check_jwt(jwt)
 
+    check_test_pod(docs, name, deps)
+
     # NetworkPolicies: the contract's edges (when enabled)
     if find(docs, "NetworkPolicy"):
         check_netpol(docs, name, mode)
+
+
+def check_test_pod(docs, name, deps):
+    """`helm test`: the project's own loadgen image (same registry and
+    repository as the services, no external image), in smoke mode, against
+    every service's own Service, with the first admin from the chart's
+    ConfigMap and generated Secret."""
+    tests = [d for d in find(docs, "Pod")
+             if (d["metadata"].get("annotations") or {}).get("helm.sh/hook") == "test"]
+    if [t["metadata"]["name"] for t in tests] != [f"{name}-test-api"]:
+        problem(f"helm test pods {[t['metadata']['name'] for t in tests]}, want [{name}-test-api]")
+        return
+    pod = tests[0]
+    label = f"Pod/{name}-test-api"
+    spec = pod["spec"]
+    if pod["metadata"]["labels"].get("stockmesh.io/api-client") != "true":
+        problem(f"{label}: no stockmesh.io/api-client label (the NetworkPolicies would block it)")
+    if spec.get("automountServiceAccountToken") is not False:
+        problem(f"{label}: automountServiceAccountToken is not false")
+    if len(spec["containers"]) != 1:
+        problem(f"{label}: {len(spec['containers'])} containers, want 1")
+        return
+    c = spec["containers"][0]
+    image = c.get("image", "")
+    user_image = ((deps.get(f"{name}-user") or {}).get("spec", {}).get("template", {})
+                  .get("spec", {}).get("containers", [{}])[0].get("image", ""))
+    repo, _, last = image.rpartition("/")
+    if re.split(r"[:@]", last)[0] != "loadgen":
+        problem(f"{label}: image {image!r} is not the project's loadgen image")
+    if repo != user_image.rpartition("/")[0]:
+        problem(f"{label}: image {image!r} is not from the services' repository "
+                f"({user_image.rpartition('/')[0]!r}): an external image")
+    for job in find(docs, "Job"):
+        if job["metadata"]["name"].startswith(f"{name}-loadgen"):
+            job_image = job["spec"]["template"]["spec"]["containers"][0].get("image")
+            if job_image != image:
+                problem(f"{label}: image {image!r} differs from the loadgen Job's {job_image!r}")
+    user_pod = (deps.get(f"{name}-user") or {}).get("spec", {}).get("template", {}).get("spec", {})
+    if spec.get("imagePullSecrets") != user_pod.get("imagePullSecrets"):
+        problem(f"{label}: imagePullSecrets {spec.get('imagePullSecrets')}, "
+                f"the services use {user_pod.get('imagePullSecrets')}")
+    args = c.get("args") or []
+    if c.get("command") or "--smoke" not in args:
+        problem(f"{label}: does not run `loadgen --smoke` (command {c.get('command')}, args {args})")
+    env = env_map(c)
+    for svc in SERVICES:
+        var = f"LOADGEN_{svc.upper()}_URL"
+        if env.get(var) != ("value", f"http://{name}-{svc}:8080"):
+            problem(f"{label}: env {var} is {env.get(var)}, want http://{name}-{svc}:8080")
+    want_admin = {
+        "STOCKMESH_ADMIN_EMAIL": ("configmap", f"{name}-config", "STOCKMESH_ADMIN_EMAIL"),
+        "STOCKMESH_ADMIN_PASSWORD": ("secret", f"{name}-admin", "password"),
+    }
+    for k, v in want_admin.items():
+        if env.get(k) != v:
+            problem(f"{label}: env {k} is {env.get(k)}, want {v}")
 
 
 def check_jwt(secret):
@@ -440,6 +498,24 @@ def check_netpol(docs, name, mode):
                 got_up |= from_components(r)
         if got_up != upstreams:
             problem(f"NetworkPolicy/{name}-{svc}: gRPC upstreams {got_up}, contract {upstreams}")
+        # The `helm test` pod (label stockmesh.io/api-client) reads every
+        # service's /readyz, inventory's included.
+        if not any(any((f.get("podSelector") or {}).get("matchLabels", {}).get("stockmesh.io/api-client") == "true"
+                       and "namespaceSelector" not in f for f in r.get("from", []))
+                   and (8080, "TCP") in ports_of([r]) for r in ing):
+            problem(f"NetworkPolicy/{name}-{svc}: no ingress on 8080 from the api-client pods (helm test)")
+
+    clients = pols.get(f"{name}-api-clients")
+    if not clients:
+        problem(f"NetworkPolicy/{name}-api-clients missing")
+    else:
+        reach = set()
+        for r in clients["spec"].get("egress", []):
+            if (8080, "TCP") in ports_of([r]):
+                reach |= from_components(r)
+        if reach != set(SERVICES):
+            problem(f"NetworkPolicy/{name}-api-clients: egress on 8080 to {sorted(c for c in reach if c)}, "
+                    f"the helm test needs all of {SERVICES}")
 
 
 # --------------------------------------------------------------------------

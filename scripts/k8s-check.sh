@@ -12,6 +12,8 @@
 #                             Ingress paths, Secrets generated (two renders
 #                             differ) and never in ConfigMaps, JWT key pair,
 #                             NetworkPolicy edges, config hash rolls pods,
+#                             the helm test pod (loadgen image, --smoke,
+#                             admin ConfigMap/Secret refs, reaches all five),
 #                             operator RBAC
 #   check_parity.py         chart == operator for the same configuration
 #                             (k8s/examples/full.yaml vs ci/parity-values.yaml):
@@ -141,6 +143,23 @@ run "stockmesh: every Secret value generated (two renders differ)" \
 render "$STOCKMESH" "$OUT/changed.yaml" --set logLevel=debug 2>/dev/null
 run "stockmesh: a config change rolls every service (config-hash)" \
     check config-rolls "$OUT/stockmesh-default.yaml" "$OUT/changed.yaml"
+# helm test: the contract check above holds the test pod to the project's
+# loadgen image in smoke mode with the admin ConfigMap/Secret refs and the
+# NetworkPolicies to let it reach all five services; it must notice each.
+render "$STOCKMESH" "$OUT/test-external.yaml" --set loadgen.image=curlimages/curl:8.11.1 2>/dev/null
+run "stockmesh: a helm test pod on an external image is reported" \
+    fails check stockmesh "$OUT/test-external.yaml"
+sed 's/\["--smoke", /[/' "$OUT/stockmesh-default.yaml" >"$OUT/test-no-smoke.yaml"
+run "stockmesh: a helm test pod not in smoke mode is reported" \
+    fails check stockmesh "$OUT/test-no-smoke.yaml"
+sed 's/secretKeyRef: {name: stockmesh-admin, key: password}/secretKeyRef: {name: stockmesh-other, key: password}/' \
+    "$OUT/stockmesh-default.yaml" >"$OUT/test-secret.yaml"
+run "stockmesh: a helm test pod without the admin Secret ref is reported" \
+    bash -c "'$PY' scripts/check_rendered.py stockmesh '$OUT/test-secret.yaml' | grep -q 'Pod/stockmesh-test-api: env STOCKMESH_ADMIN_PASSWORD'"
+sed '/# No public API: only the API clients/,/- {port: 8080, protocol: TCP}/d' \
+    "$OUT/stockmesh-default.yaml" >"$OUT/test-netpol.yaml"
+run "stockmesh: a NetworkPolicy keeping the helm test pod from inventory is reported" \
+    fails check stockmesh "$OUT/test-netpol.yaml"
 run "stockmesh: no credential-like keys in values.yaml or ci/*.yaml" \
     bash -c "! grep -Eiq '^[[:space:]]*(password|secret|token|url)[[:space:]]*:' '$STOCKMESH/values.yaml' '$STOCKMESH/ci/'*.yaml"
 run "operator: deployment, probes, least-privilege RBAC" check operator "$OUT/operator-default.yaml"
