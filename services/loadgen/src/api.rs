@@ -9,13 +9,19 @@ pub const SHOPPER_PASSWORD: &str = "loadgen-password";
 
 /// Where each API prefix is served: one base URL (the Ingress or the local
 /// gateway), or per-service URLs (`LOADGEN_USER_URL`, `LOADGEN_PRODUCT_URL`,
-/// `LOADGEN_ORDER_URL`, `LOADGEN_NOTIFICATION_URL`, as the chart's Job sets).
+/// `LOADGEN_INVENTORY_URL`, `LOADGEN_ORDER_URL`, `LOADGEN_NOTIFICATION_URL`,
+/// as the chart's Job and test pod set). Inventory has no public API: its
+/// URL is used only by `--smoke`, for its `/readyz`.
 #[derive(Clone)]
 pub struct Api {
     pub users: String,
     pub products: String,
+    pub inventory: String,
     pub orders: String,
     pub notifications: String,
+    /// Services whose URL came from their own `LOADGEN_*_URL` (not the
+    /// base URL), by service name.
+    pub own_url: Vec<&'static str>,
     pub http: reqwest::Client,
 }
 
@@ -25,18 +31,24 @@ impl Api {
             .pool_max_idle_per_host(1024)
             .timeout(std::time::Duration::from_secs(30))
             .build()?;
-        let url = |var: &str| {
-            std::env::var(var)
-                .ok()
-                .filter(|v| !v.is_empty())
-                .map(|v| v.trim_end_matches('/').to_owned())
-                .unwrap_or_else(|| base.to_owned())
+        let mut own_url = Vec::new();
+        let mut url = |service: &'static str| {
+            let var = format!("LOADGEN_{}_URL", service.to_ascii_uppercase());
+            match std::env::var(var).ok().filter(|v| !v.is_empty()) {
+                Some(v) => {
+                    own_url.push(service);
+                    v.trim_end_matches('/').to_owned()
+                }
+                None => base.to_owned(),
+            }
         };
         Ok(Self {
-            users: url("LOADGEN_USER_URL"),
-            products: url("LOADGEN_PRODUCT_URL"),
-            orders: url("LOADGEN_ORDER_URL"),
-            notifications: url("LOADGEN_NOTIFICATION_URL"),
+            users: url("user"),
+            products: url("product"),
+            inventory: url("inventory"),
+            orders: url("order"),
+            notifications: url("notification"),
+            own_url,
             http,
         })
     }

@@ -6,10 +6,12 @@ pub const HELP: &str = "\
 loadgen — drive the stockmesh HTTP API like shop traffic
 
 USAGE: loadgen [OPTIONS]
+       loadgen --smoke [--smoke-timeout SECS] [target and admin options]
 
 Target and setup:
   --base-url URL          API base URL (default http://127.0.0.1:8080; an Ingress works too);
-                          LOADGEN_{USER,PRODUCT,ORDER,NOTIFICATION}_URL override it per service
+                          LOADGEN_{USER,PRODUCT,INVENTORY,ORDER,NOTIFICATION}_URL override it
+                          per service (inventory's is used by --smoke only, for /readyz)
   --admin-email EMAIL     first admin (default $STOCKMESH_ADMIN_EMAIL or admin@stockmesh.local)
   --admin-password PASS   (default $STOCKMESH_ADMIN_PASSWORD or stockmesh-admin)
   --users N               shoppers to register (default 20)
@@ -26,6 +28,15 @@ Traffic:
   --duration SECS         how long to run (default 10)
   --requests N            stop after N requests instead
   --lag-every K           sample notification lag on every K-th order (default 10; 0 = off)
+
+Smoke test (what `helm test` runs):
+  --smoke                 instead of load: /readyz of every service with its own URL, admin
+                          login, a product with stock, a fresh shopper, one order, until the
+                          order is CONFIRMED, its notification listed and the stock down by
+                          the quantity; then the product and shopper are deleted. One line per
+                          step (`ok   ...` or `FAIL ...: reason`); exit 0 only if all pass
+  --smoke-timeout SECS    how long to wait for the order's confirmation, notification and
+                          stock (default 60)
 
 Output:
   --json PATH             also write the JSON report to PATH
@@ -60,6 +71,9 @@ pub struct Options {
     pub lag_every: u64,
     pub json: Option<String>,
     pub quiet: bool,
+    /// `--smoke`: one end-to-end pass instead of load.
+    pub smoke: bool,
+    pub smoke_timeout: Duration,
 }
 
 fn value<'a>(args: &'a [String], i: &mut usize, flag: &str) -> Result<&'a str, String> {
@@ -97,6 +111,8 @@ impl Options {
             lag_every: 10,
             json: None,
             quiet: false,
+            smoke: false,
+            smoke_timeout: Duration::from_secs(60),
         };
         let mut mix = (10, 1);
         let mut only = None;
@@ -142,6 +158,14 @@ impl Options {
                 "--lag-every" => o.lag_every = number(value(args, &mut i, flag)?, flag)?,
                 "--json" => o.json = Some(value(args, &mut i, flag)?.to_owned()),
                 "--quiet" => o.quiet = true,
+                "--smoke" => o.smoke = true,
+                "--smoke-timeout" => {
+                    let secs: f64 = number(value(args, &mut i, flag)?, flag)?;
+                    if !(secs > 0.0 && secs <= 3600.0) {
+                        return Err("--smoke-timeout must be between 0 and 3600 seconds".into());
+                    }
+                    o.smoke_timeout = Duration::from_secs_f64(secs);
+                }
                 other => return Err(format!("unknown option {other:?} (see --help)")),
             }
             i += 1;
@@ -204,5 +228,27 @@ mod tests {
         assert!(parse(&["--rate", "-1"]).is_err());
         assert!(parse(&["--bogus"]).is_err());
         assert!(parse(&["--users"]).is_err());
+    }
+
+    #[test]
+    fn parses_smoke_mode() {
+        let o = parse(&[]).unwrap().unwrap();
+        assert!(!o.smoke);
+        assert_eq!(o.smoke_timeout, Duration::from_secs(60));
+        let o = parse(&[
+            "--smoke",
+            "--smoke-timeout",
+            "7.5",
+            "--admin-password",
+            "pw",
+        ])
+        .unwrap()
+        .unwrap();
+        assert!(o.smoke);
+        assert_eq!(o.smoke_timeout, Duration::from_millis(7500));
+        assert_eq!(o.admin_password, "pw");
+        assert!(parse(&["--smoke-timeout", "0"]).is_err());
+        assert!(parse(&["--smoke-timeout", "soon"]).is_err());
+        assert!(parse(&["--smoke-timeout"]).is_err());
     }
 }

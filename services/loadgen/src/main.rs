@@ -8,10 +8,16 @@
 //! span exported over OTLP and its W3C context travels in the request
 //! headers, so a slow order in the report can be found in Jaeger from the
 //! client's side; without it, nothing is traced or sent.
+//!
+//! `loadgen --smoke` is no load at all: one pass through every service
+//! (readiness, login, product, order, notification, stock) with a line per
+//! step and exit 0 only if all pass; the chart's `helm test` pod runs it
+//! (see `smoke.rs`).
 
 mod api;
 mod config;
 mod report;
+mod smoke;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -163,6 +169,13 @@ async fn cli() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if options.smoke {
+        return if smoke::run(&options).await {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        };
+    }
     match run(options).await {
         Ok(0) => ExitCode::SUCCESS,
         Ok(_) => ExitCode::from(1),
