@@ -154,11 +154,34 @@ fn build_binaries(bin_dir: &Path) {
     );
 }
 
-/// `n` distinct free loopback ports (all bound at once, then released).
+/// `n` distinct free loopback ports, chosen below the kernel's ephemeral
+/// range (all bound at once, then released). The kernel hands out ports
+/// from that range to outgoing connections and to `bind(0)`: under
+/// connection churn (a rolling restart under load, in a parallel test) one
+/// of them could take a port released here before the service bound it,
+/// and the service exited with "address in use".
 fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a free port"))
-        .collect();
+    use std::hash::{BuildHasher, RandomState};
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| text.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (floor, ceiling) = (10_000u16, ephemeral_low.max(12_000));
+    let random = RandomState::new();
+    let mut listeners: Vec<TcpListener> = Vec::with_capacity(n);
+    for attempt in 0u64.. {
+        if listeners.len() == n {
+            break;
+        }
+        assert!(
+            attempt < 10_000,
+            "no {n} free ports between {floor} and {ceiling}"
+        );
+        let port = floor + (random.hash_one(attempt) % u64::from(ceiling - floor)) as u16;
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
+            listeners.push(listener);
+        }
+    }
     listeners
         .iter()
         .map(|l| l.local_addr().expect("bound address").port())
@@ -603,7 +626,13 @@ impl Stack {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             if let Some(status) = self.process(svc).exited() {
-                panic!("{} exited before it was ready: {status}", svc.name());
+                let log = std::fs::read_to_string(&self.procs[&svc].log).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                panic!(
+                    "{} exited before it was ready: {status}; the end of its log:\n{}",
+                    svc.name(),
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
             }
             let ready = self
                 .http
