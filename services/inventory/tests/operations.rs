@@ -95,7 +95,11 @@ async fn a_database_outage_is_reported_but_keeps_the_process_ready() {
     let (_, port) = host_port(&db.url).expect("database url has a port");
     let proxy = TcpProxy::start(([127, 0, 0, 1], port).into()).await;
     let proxied_url = proxy.url_for(&db.url, port);
-    let app = TestApp::spawn_with(db, &proxied_url, &[]).await;
+    // As the chart and the operator set it: a call waits at most this long
+    // for a connection, then answers UNAVAILABLE (the tests' default is
+    // longer, for bursts of connection set-up on a loaded machine).
+    let app =
+        TestApp::spawn_with(db, &proxied_url, &[("DATABASE_ACQUIRE_TIMEOUT_MS", "1000")]).await;
     let http = reqwest::Client::new();
     let readyz = app.http("/readyz");
     let report = |http: reqwest::Client, url: String| async move {
