@@ -4,14 +4,16 @@
 # match the document. Starts a throwaway system (own databases, own ports)
 # on the infrastructure in DATABASE_URL / AMQP_URL, and removes it after.
 #
-# Tunables: API_FUZZ_MAX_EXAMPLES (default 40), API_FUZZ_PORT_BASE (default 58000).
+# Tunables: API_FUZZ_MAX_EXAMPLES (default 40), API_FUZZ_PORT_BASE (default 28000:
+# below the kernel's ephemeral range, so no outgoing connection holds a port
+# a service is about to bind, as one did with the old 58000).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${DATABASE_URL:?run through make test, or export DATABASE_URL and AMQP_URL}"
 : "${AMQP_URL:?run through make test, or export DATABASE_URL and AMQP_URL}"
 
 tools_bin="$(scripts/tools.sh)"
-base="${API_FUZZ_PORT_BASE:-58000}"
+base="${API_FUZZ_PORT_BASE:-28000}"
 examples="${API_FUZZ_MAX_EXAMPLES:-40}"
 
 STACK_STATE="$(mktemp -d "${TMPDIR:-/tmp}/stockmesh-fuzz.XXXXXX")"

@@ -17,7 +17,8 @@
 #     process's peak memory.
 #
 # Results: bench/results/<date>.json and .md. Not part of `make test`.
-# Tunables: BENCH_SECONDS (per step, default 10), BENCH_PORT_BASE (default 57000),
+# Tunables: BENCH_SECONDS (per step, default 10), BENCH_PORT_BASE (default 27000,
+# below the kernel's ephemeral range),
 # BENCH_PROFILE=1 (`make profile`): one more closed-loop run at the peak under
 # `perf record -a` (CPU samples of every process on the machine), summarised
 # per process and per symbol into bench/results/<date>-profile.txt.
@@ -25,7 +26,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 seconds="${BENCH_SECONDS:-10}"
-base="${BENCH_PORT_BASE:-57000}"
+base="${BENCH_PORT_BASE:-27000}"
 stamp="$(date -u +%Y-%m-%dT%H-%M-%SZ)"
 out_dir=bench/results
 mkdir -p "$out_dir"
