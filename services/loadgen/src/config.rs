@@ -1,48 +1,161 @@
-//! Command-line options.
+//! Command line of `loadgen` (clap derive: generated `--help`, and every
+//! option also read from an environment variable, so that the chart's Jobs
+//! and the scripts can set them either way). The flag names and their
+//! meaning are those of the earlier hand-written parser: `scripts/bench.sh`,
+//! `scripts/api-fuzz.sh`, the chart's `helm test` pod and load Job and the
+//! e2e smoke test pass them.
 
+use std::ffi::OsString;
 use std::time::Duration;
 
-pub const HELP: &str = "\
-loadgen — drive the stockmesh HTTP API like shop traffic
+use clap::error::ErrorKind;
+use clap::{CommandFactory, Parser, ValueEnum};
 
-USAGE: loadgen [OPTIONS]
-       loadgen --smoke [--smoke-timeout SECS] [target and admin options]
+const AFTER_HELP: &str = "\
+Per-service URLs: LOADGEN_{USER,PRODUCT,INVENTORY,ORDER,NOTIFICATION}_URL
+override --base-url for that service (what the chart's pods set: each API
+prefix has its own Service inside the cluster); inventory's is used by
+--smoke only, for /readyz.
 
-Target and setup:
-  --base-url URL          API base URL (default http://127.0.0.1:8080; an Ingress works too);
-                          LOADGEN_{USER,PRODUCT,INVENTORY,ORDER,NOTIFICATION}_URL override it
-                          per service (inventory's is used by --smoke only, for /readyz)
-  --admin-email EMAIL     first admin (default $STOCKMESH_ADMIN_EMAIL or admin@stockmesh.local)
-  --admin-password PASS   (default $STOCKMESH_ADMIN_PASSWORD or stockmesh-admin)
-  --users N               shoppers to register (default 20)
-  --products N            products to create (default 5)
-  --stock N               initial stock per product (default 1000000)
+Exit codes: 0 every request (or smoke step) succeeded, 1 some failed,
+2 bad arguments or the run could not start.
 
-Traffic:
-  --mode mixed|orders|logins
-                          mixed: browse:order weights (default 10:1); orders: order-only;
-                          logins: every request logs a shopper in (password hashing throughput)
-  --mix B:O               browse:order weights for mixed mode (default 10:1)
-  --concurrency N         closed loop: N workers back to back (default 16)
-  --rate R                open loop: R requests per second instead (ignores --concurrency)
-  --duration SECS         how long to run (default 10)
-  --requests N            stop after N requests instead
-  --lag-every K           sample notification lag on every K-th order (default 10; 0 = off)
+Examples:
+    loadgen --base-url http://shop.example.com --duration 30 --concurrency 32
+    loadgen --mode orders --rate 50 --duration 60 --json report.json
+    loadgen --smoke --smoke-timeout 60";
 
-Smoke test (what `helm test` runs):
-  --smoke                 instead of load: /readyz of every service with its own URL, admin
-                          login, a product with stock, a fresh shopper, one order, until the
-                          order is CONFIRMED, its notification listed and the stock down by
-                          the quantity; then the product and shopper are deleted. One line per
-                          step (`ok   ...` or `FAIL ...: reason`); exit 0 only if all pass
-  --smoke-timeout SECS    how long to wait for the order's confirmation, notification and
-                          stock (default 60)
+const SETUP: &str = "Target and setup";
+const TRAFFIC: &str = "Traffic";
+const SMOKE: &str = "Smoke test (what `helm test` runs)";
+const OUTPUT: &str = "Output";
 
-Output:
-  --json PATH             also write the JSON report to PATH
-  --quiet                 no progress line
-  -h, --help              this text
-";
+/// `--mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ModeArg {
+    /// Browse and order by the --mix weights.
+    Mixed,
+    /// Orders only.
+    #[value(alias = "order-only")]
+    Orders,
+    /// Every request logs a shopper in (password hashing throughput).
+    Logins,
+}
+
+/// loadgen — drive the stockmesh HTTP API like shop traffic, or (--smoke)
+/// check every service end to end once.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "loadgen",
+    version,
+    after_help = AFTER_HELP,
+    // A flag given twice takes its last value, as the hand-written parser did.
+    args_override_self = true
+)]
+struct Cli {
+    /// API base URL (an Ingress works too).
+    #[arg(
+        long,
+        env = "LOADGEN_BASE_URL",
+        default_value = "http://127.0.0.1:8080",
+        value_name = "URL",
+        help_heading = SETUP
+    )]
+    base_url: String,
+
+    /// The first admin's email.
+    #[arg(
+        long,
+        env = "STOCKMESH_ADMIN_EMAIL",
+        default_value = "admin@stockmesh.local",
+        value_name = "EMAIL",
+        help_heading = SETUP
+    )]
+    admin_email: String,
+
+    /// The first admin's password.
+    #[arg(
+        long,
+        env = "STOCKMESH_ADMIN_PASSWORD",
+        default_value = "stockmesh-admin",
+        // `--help` must not print the password the environment holds.
+        hide_env_values = true,
+        value_name = "PASS",
+        help_heading = SETUP
+    )]
+    admin_password: String,
+
+    /// Shoppers to register.
+    #[arg(long, env = "LOADGEN_USERS", default_value_t = 20, value_name = "N",
+          value_parser = at_least_one, help_heading = SETUP)]
+    users: usize,
+
+    /// Products to create.
+    #[arg(long, env = "LOADGEN_PRODUCTS", default_value_t = 5, value_name = "N",
+          value_parser = at_least_one, help_heading = SETUP)]
+    products: usize,
+
+    /// Initial stock per product.
+    #[arg(long, env = "LOADGEN_STOCK", default_value_t = 1_000_000, value_name = "N",
+          value_parser = clap::value_parser!(i64).range(0..), help_heading = SETUP)]
+    stock: i64,
+
+    /// What each request does.
+    #[arg(long, env = "LOADGEN_MODE", value_enum, default_value_t = ModeArg::Mixed,
+          value_name = "MODE", help_heading = TRAFFIC)]
+    mode: ModeArg,
+
+    /// Browse:order weights for mixed mode.
+    #[arg(long, env = "LOADGEN_MIX", default_value = "10:1", value_name = "B:O",
+          value_parser = parse_mix, help_heading = TRAFFIC)]
+    mix: (u32, u32),
+
+    /// Closed loop: N workers back to back.
+    #[arg(long, env = "LOADGEN_CONCURRENCY", default_value_t = 16, value_name = "N",
+          value_parser = at_least_one, help_heading = TRAFFIC)]
+    concurrency: usize,
+
+    /// Open loop: R requests per second instead (ignores --concurrency).
+    #[arg(long, env = "LOADGEN_RATE", value_name = "R", value_parser = positive_rate,
+          help_heading = TRAFFIC)]
+    rate: Option<f64>,
+
+    /// How long to run, in seconds.
+    #[arg(long, env = "LOADGEN_DURATION", default_value = "10", value_name = "SECS",
+          value_parser = seconds, help_heading = TRAFFIC)]
+    duration: Duration,
+
+    /// Stop after N requests instead of after --duration.
+    #[arg(long, env = "LOADGEN_REQUESTS", value_name = "N", help_heading = TRAFFIC)]
+    requests: Option<u64>,
+
+    /// Sample notification lag on every K-th order (0: off).
+    #[arg(long, env = "LOADGEN_LAG_EVERY", default_value_t = 10, value_name = "K",
+          help_heading = TRAFFIC)]
+    lag_every: u64,
+
+    /// Instead of load: /readyz of every service with its own URL, admin
+    /// login, a product with stock, a fresh shopper, one order, until the
+    /// order is CONFIRMED, its notification listed and the stock down by the
+    /// quantity; then the product and shopper are deleted. One line per step
+    /// (`ok   ...` or `FAIL ...: reason`); exit 0 only if all pass.
+    #[arg(long, env = "LOADGEN_SMOKE", help_heading = SMOKE)]
+    smoke: bool,
+
+    /// How long --smoke waits for the order's confirmation, notification and
+    /// stock, in seconds (at most 3600).
+    #[arg(long, env = "LOADGEN_SMOKE_TIMEOUT", default_value = "60", value_name = "SECS",
+          value_parser = smoke_timeout, help_heading = SMOKE)]
+    smoke_timeout: Duration,
+
+    /// Also write the JSON report to PATH.
+    #[arg(long, env = "LOADGEN_JSON", value_name = "PATH", help_heading = OUTPUT)]
+    json: Option<String>,
+
+    /// No progress line.
+    #[arg(long, env = "LOADGEN_QUIET", help_heading = OUTPUT)]
+    quiet: bool,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -55,6 +168,7 @@ pub enum Mode {
     Logins,
 }
 
+/// The resolved options the run uses.
 #[derive(Debug, Clone)]
 pub struct Options {
     pub base_url: String,
@@ -76,116 +190,99 @@ pub struct Options {
     pub smoke_timeout: Duration,
 }
 
-fn value<'a>(args: &'a [String], i: &mut usize, flag: &str) -> Result<&'a str, String> {
-    *i += 1;
-    args.get(*i)
-        .map(String::as_str)
-        .ok_or_else(|| format!("{flag} needs a value"))
+/// A count of at least 1 (`--users`, `--products`, `--concurrency`).
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("{text:?} is not a whole number")),
+    }
 }
 
-fn number<T: std::str::FromStr>(text: &str, flag: &str) -> Result<T, String> {
-    text.parse()
-        .map_err(|_| format!("{flag}: {text:?} is not a valid number"))
+/// `--mix B:O`, e.g. `10:1`.
+fn parse_mix(text: &str) -> Result<(u32, u32), String> {
+    let (b, o) = text
+        .split_once(':')
+        .ok_or_else(|| "expected B:O, e.g. 10:1".to_owned())?;
+    let weight = |w: &str| {
+        w.trim()
+            .parse::<u32>()
+            .map_err(|_| format!("{w:?} is not a whole number (expected B:O, e.g. 10:1)"))
+    };
+    Ok((weight(b)?, weight(o)?))
+}
+
+/// `--rate`: a positive, finite number of requests per second.
+fn positive_rate(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 => Ok(r),
+        Ok(_) => Err("must be positive".into()),
+        Err(_) => Err(format!("{text:?} is not a number")),
+    }
+}
+
+/// Seconds, fractions allowed (`--duration 0.5`); never negative, never so
+/// large that a `Duration` cannot hold it (`from_secs_f64` would panic).
+fn seconds(text: &str) -> Result<Duration, String> {
+    let secs: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("{text:?} is not a number of seconds"))
+}
+
+/// `--smoke-timeout`: more than 0, at most an hour.
+fn smoke_timeout(text: &str) -> Result<Duration, String> {
+    let timeout = seconds(text)?;
+    if timeout.is_zero() || timeout > Duration::from_secs(3600) {
+        Err("must be between 0 and 3600 seconds".into())
+    } else {
+        Ok(timeout)
+    }
 }
 
 impl Options {
-    /// Parses arguments; `Ok(None)` means help was printed.
-    pub fn parse(args: &[String]) -> Result<Option<Self>, String> {
-        let mut o = Options {
-            base_url: "http://127.0.0.1:8080".into(),
-            admin_email: std::env::var("STOCKMESH_ADMIN_EMAIL")
-                .unwrap_or_else(|_| "admin@stockmesh.local".into()),
-            admin_password: std::env::var("STOCKMESH_ADMIN_PASSWORD")
-                .unwrap_or_else(|_| "stockmesh-admin".into()),
-            users: 20,
-            products: 5,
-            stock: 1_000_000,
-            mode: Mode::Mixed {
-                browse: 10,
-                order: 1,
-            },
-            concurrency: 16,
-            rate: None,
-            duration: Duration::from_secs(10),
-            requests: None,
-            lag_every: 10,
-            json: None,
-            quiet: false,
-            smoke: false,
-            smoke_timeout: Duration::from_secs(60),
-        };
-        let mut mix = (10, 1);
-        let mut only = None;
-        let mut i = 0;
-        while i < args.len() {
-            let flag = args[i].as_str();
-            match flag {
-                "-h" | "--help" => {
-                    print!("{HELP}");
-                    return Ok(None);
+    /// Parses a command line (program name first). `--help`, `--version`
+    /// and mistakes come back as a `clap::Error` whose `exit()` prints them
+    /// and exits 0 or 2.
+    pub fn try_parse_from<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let cli = Cli::try_parse_from(args)?;
+        let mode = match cli.mode {
+            ModeArg::Mixed => {
+                let (browse, order) = cli.mix;
+                if browse == 0 && order == 0 {
+                    return Err(Cli::command().error(
+                        ErrorKind::ValueValidation,
+                        "--mix weights must not both be 0",
+                    ));
                 }
-                "--base-url" => {
-                    o.base_url = value(args, &mut i, flag)?.trim_end_matches('/').to_owned()
-                }
-                "--admin-email" => o.admin_email = value(args, &mut i, flag)?.to_owned(),
-                "--admin-password" => o.admin_password = value(args, &mut i, flag)?.to_owned(),
-                "--users" => o.users = number(value(args, &mut i, flag)?, flag)?,
-                "--products" => o.products = number(value(args, &mut i, flag)?, flag)?,
-                "--stock" => o.stock = number(value(args, &mut i, flag)?, flag)?,
-                "--mode" => match value(args, &mut i, flag)? {
-                    "mixed" => only = None,
-                    "orders" | "order-only" => only = Some(Mode::OrdersOnly),
-                    "logins" => only = Some(Mode::Logins),
-                    other => {
-                        return Err(format!(
-                            "--mode: expected mixed, orders or logins, got {other:?}"
-                        ));
-                    }
-                },
-                "--mix" => {
-                    let text = value(args, &mut i, flag)?;
-                    let (b, r) = text
-                        .split_once(':')
-                        .ok_or("--mix: expected B:O, e.g. 10:1")?;
-                    mix = (number(b, flag)?, number(r, flag)?);
-                }
-                "--concurrency" => o.concurrency = number(value(args, &mut i, flag)?, flag)?,
-                "--rate" => o.rate = Some(number(value(args, &mut i, flag)?, flag)?),
-                "--duration" => {
-                    o.duration = Duration::from_secs_f64(number(value(args, &mut i, flag)?, flag)?)
-                }
-                "--requests" => o.requests = Some(number(value(args, &mut i, flag)?, flag)?),
-                "--lag-every" => o.lag_every = number(value(args, &mut i, flag)?, flag)?,
-                "--json" => o.json = Some(value(args, &mut i, flag)?.to_owned()),
-                "--quiet" => o.quiet = true,
-                "--smoke" => o.smoke = true,
-                "--smoke-timeout" => {
-                    let secs: f64 = number(value(args, &mut i, flag)?, flag)?;
-                    if !(secs > 0.0 && secs <= 3600.0) {
-                        return Err("--smoke-timeout must be between 0 and 3600 seconds".into());
-                    }
-                    o.smoke_timeout = Duration::from_secs_f64(secs);
-                }
-                other => return Err(format!("unknown option {other:?} (see --help)")),
+                Mode::Mixed { browse, order }
             }
-            i += 1;
-        }
-        o.mode = only.unwrap_or(Mode::Mixed {
-            browse: mix.0,
-            order: mix.1,
-        });
-        if o.users == 0 || o.products == 0 || o.concurrency == 0 {
-            return Err("--users, --products and --concurrency must be at least 1".into());
-        }
-        if let Mode::Mixed { browse, order } = o.mode
-            && browse + order == 0
-        {
-            return Err("--mix weights must not both be 0".into());
-        }
-        if o.rate.is_some_and(|r| r.is_nan() || r <= 0.0) {
-            return Err("--rate must be positive".into());
-        }
-        Ok(Some(o))
+            ModeArg::Orders => Mode::OrdersOnly,
+            ModeArg::Logins => Mode::Logins,
+        };
+        Ok(Options {
+            base_url: cli.base_url.trim_end_matches('/').to_owned(),
+            admin_email: cli.admin_email,
+            admin_password: cli.admin_password,
+            users: cli.users,
+            products: cli.products,
+            stock: cli.stock,
+            mode,
+            concurrency: cli.concurrency,
+            rate: cli.rate,
+            duration: cli.duration,
+            requests: cli.requests,
+            lag_every: cli.lag_every,
+            json: cli.json,
+            quiet: cli.quiet,
+            smoke: cli.smoke,
+            smoke_timeout: cli.smoke_timeout,
+        })
     }
 }
 
@@ -193,8 +290,13 @@ impl Options {
 mod tests {
     use super::*;
 
-    fn parse(args: &[&str]) -> Result<Option<Options>, String> {
-        Options::parse(&args.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    fn parse(args: &[&str]) -> Result<Options, clap::Error> {
+        Options::try_parse_from(std::iter::once("loadgen").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
     }
 
     #[test]
@@ -207,11 +309,10 @@ mod tests {
             "--requests",
             "100",
         ])
-        .unwrap()
-        .unwrap();
+        .expect("valid");
         assert_eq!(o.mode, Mode::OrdersOnly);
         assert_eq!((o.concurrency, o.requests), (4, Some(100)));
-        let o = parse(&["--mix", "5:2", "--rate", "50"]).unwrap().unwrap();
+        let o = parse(&["--mix", "5:2", "--rate", "50"]).expect("valid");
         assert_eq!(
             o.mode,
             Mode::Mixed {
@@ -220,19 +321,79 @@ mod tests {
             }
         );
         assert_eq!(o.rate, Some(50.0));
-        let o = parse(&["--mode", "logins"]).unwrap().unwrap();
+        let o = parse(&["--mode", "logins"]).expect("valid");
         assert_eq!(o.mode, Mode::Logins);
-        assert!(parse(&["--mode", "browse"]).is_err());
-        assert!(parse(&["--concurrency", "0"]).is_err());
-        assert!(parse(&["--mix", "0:0"]).is_err());
-        assert!(parse(&["--rate", "-1"]).is_err());
-        assert!(parse(&["--bogus"]).is_err());
-        assert!(parse(&["--users"]).is_err());
+        // The old spelling of orders-only still works.
+        assert_eq!(
+            parse(&["--mode", "order-only"]).expect("valid").mode,
+            Mode::OrdersOnly
+        );
+        // Orders-only ignores the mix, as before.
+        assert_eq!(
+            parse(&["--mode", "orders", "--mix", "0:0"])
+                .expect("valid")
+                .mode,
+            Mode::OrdersOnly
+        );
+        for bad in [
+            &["--mode", "browse"][..],
+            &["--concurrency", "0"],
+            &["--users", "0"],
+            &["--products", "0"],
+            &["--mix", "0:0"],
+            &["--mix", "10"],
+            &["--rate", "-1"],
+            &["--rate", "NaN"],
+            &["--duration", "-1"],
+            &["--duration", "120s"],
+            &["--bogus"],
+            &["--users"],
+        ] {
+            let err = parse(bad).expect_err("refused");
+            assert_eq!(err.exit_code(), 2, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn defaults_and_both_flag_forms() {
+        let o = parse(&[]).expect("defaults");
+        assert_eq!(o.users, 20);
+        assert_eq!(o.products, 5);
+        assert_eq!(o.stock, 1_000_000);
+        assert_eq!(
+            o.mode,
+            Mode::Mixed {
+                browse: 10,
+                order: 1
+            }
+        );
+        assert_eq!(o.concurrency, 16);
+        assert_eq!(o.rate, None);
+        assert_eq!(o.duration, Duration::from_secs(10));
+        assert_eq!(o.lag_every, 10);
+        assert!(!o.quiet && o.json.is_none());
+        let o = parse(&[
+            "--base-url=http://shop.example.com/",
+            "--duration=0.5",
+            "--json",
+            "/tmp/r.json",
+            "--quiet",
+            "--concurrency",
+            "2",
+            "--concurrency",
+            "3",
+        ])
+        .expect("valid");
+        assert_eq!(o.base_url, "http://shop.example.com", "trailing / trimmed");
+        assert_eq!(o.duration, Duration::from_millis(500));
+        assert_eq!(o.json.as_deref(), Some("/tmp/r.json"));
+        assert!(o.quiet);
+        assert_eq!(o.concurrency, 3, "the last value wins");
     }
 
     #[test]
     fn parses_smoke_mode() {
-        let o = parse(&[]).unwrap().unwrap();
+        let o = parse(&[]).expect("defaults");
         assert!(!o.smoke);
         assert_eq!(o.smoke_timeout, Duration::from_secs(60));
         let o = parse(&[
@@ -242,12 +403,12 @@ mod tests {
             "--admin-password",
             "pw",
         ])
-        .unwrap()
-        .unwrap();
+        .expect("valid");
         assert!(o.smoke);
         assert_eq!(o.smoke_timeout, Duration::from_millis(7500));
         assert_eq!(o.admin_password, "pw");
         assert!(parse(&["--smoke-timeout", "0"]).is_err());
+        assert!(parse(&["--smoke-timeout", "3601"]).is_err());
         assert!(parse(&["--smoke-timeout", "soon"]).is_err());
         assert!(parse(&["--smoke-timeout"]).is_err());
     }

@@ -80,6 +80,9 @@ struct Shared {
 }
 
 fn main() -> ExitCode {
+    // Before anything starts: `--help`, `--version` and mistakes are
+    // answered by clap (stdout and exit 0, or a readable error and exit 2).
+    let options = Options::try_parse_from(std::env::args_os()).unwrap_or_else(|err| err.exit());
     // Named threads: a profile of the machine tells loadgen from the services.
     match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -88,7 +91,7 @@ fn main() -> ExitCode {
     {
         Ok(runtime) => runtime.block_on(async {
             let telemetry = init_tracing();
-            let code = cli().await;
+            let code = cli(options).await;
             if let Some(telemetry) = telemetry {
                 telemetry.shutdown();
             }
@@ -159,16 +162,7 @@ fn finish_span(span: &tracing::Span, status: Result<u16, ()>) {
     }
 }
 
-async fn cli() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let options = match Options::parse(&args) {
-        Ok(Some(options)) => options,
-        Ok(None) => return ExitCode::SUCCESS,
-        Err(message) => {
-            eprintln!("loadgen: {message}");
-            return ExitCode::from(2);
-        }
-    };
+async fn cli(options: Options) -> ExitCode {
     if options.smoke {
         return if smoke::run(&options).await {
             ExitCode::SUCCESS
