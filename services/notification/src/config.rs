@@ -6,6 +6,8 @@ use stockmesh_platform::auth::AuthConfig;
 use stockmesh_platform::broker::BrokerConfig;
 use stockmesh_platform::config::{CommonConfig, ConfigError, DatabaseConfig, EnvReader};
 
+use crate::live::StreamLimits;
+
 /// Local default port (ARCHITECTURE.md, "Running without Kubernetes").
 pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8085";
 /// The queue the service consumes (its dead letters go to `<queue>.dead`).
@@ -53,6 +55,8 @@ pub struct NotificationConfig {
     pub database: DatabaseConfig,
     pub auth: AuthConfig,
     pub consumer: ConsumerConfig,
+    /// `NOTIFICATION_MAX_STREAMS` and `NOTIFICATION_MAX_STREAMS_PER_USER`.
+    pub streams: StreamLimits,
 }
 
 impl NotificationConfig {
@@ -67,12 +71,23 @@ impl NotificationConfig {
         let auth = AuthConfig::read(&mut env);
         let mut consumer = read_consumer(&mut env);
         consumer.shutdown_grace = common.shutdown_grace;
+        let defaults = StreamLimits::default();
+        let streams = StreamLimits {
+            per_replica: env.with_default("NOTIFICATION_MAX_STREAMS", defaults.per_replica),
+            per_user: env.with_default("NOTIFICATION_MAX_STREAMS_PER_USER", defaults.per_user),
+        };
+        if streams.per_replica == 0 || streams.per_user == 0 {
+            env.problem(
+                "NOTIFICATION_MAX_STREAMS and NOTIFICATION_MAX_STREAMS_PER_USER must be at least 1",
+            );
+        }
         env.finish()?;
         Ok(Self {
             common,
             database,
             auth,
             consumer,
+            streams,
         })
     }
 }
@@ -156,6 +171,8 @@ mod tests {
         assert_eq!(config.consumer.broker_timeout, Duration::from_secs(5));
         assert_eq!(config.consumer.retry_max, Duration::from_secs(5));
         assert_eq!(config.consumer.shutdown_grace, config.common.shutdown_grace);
+        assert_eq!(config.streams.per_replica, 10_000);
+        assert_eq!(config.streams.per_user, 16);
     }
 
     #[test]
@@ -176,8 +193,9 @@ mod tests {
             ("NOTIFICATION_PREFETCH", "0"),
             ("NOTIFICATION_BINDINGS", " , "),
             ("NOTIFICATION_CONCURRENCY", "0"),
+            ("NOTIFICATION_MAX_STREAMS", "0"),
         ]))
         .unwrap_err();
-        assert_eq!(err.problems.len(), 5, "{err}");
+        assert_eq!(err.problems.len(), 6, "{err}");
     }
 }

@@ -10,6 +10,7 @@ pub mod consumer;
 pub mod domain;
 pub mod error;
 pub mod http;
+pub mod live;
 pub mod replay;
 pub mod repository;
 pub mod service;

@@ -95,6 +95,41 @@ impl NotificationRepository {
         .await
     }
 
+    /// How many of `user_id`'s notifications are unread.
+    pub async fn unread_count(&self, user_id: Uuid) -> Result<i64, NotificationError> {
+        Ok(sqlx::query_scalar(
+            "SELECT count(*) FROM notifications WHERE user_id = $1 AND read_at IS NULL",
+        )
+        .bind(user_id)
+        .fetch_one(&self.pool)
+        .instrument(db_span("select", "notifications"))
+        .await?)
+    }
+
+    /// `user_id`'s notifications stored after the one with id `after`
+    /// (oldest first, at most `limit`): what a reconnecting stream missed.
+    /// Ids are UUIDv7, so they order by time of storing; a notification id
+    /// that is not the user's yields nothing.
+    pub async fn stored_after(
+        &self,
+        user_id: Uuid,
+        after: Uuid,
+        limit: i64,
+    ) -> Result<Vec<Notification>, NotificationError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM notifications n WHERE user_id = $1 AND (created_at, id) > \
+             (SELECT created_at, id FROM notifications WHERE id = $2 AND user_id = $1) \
+             ORDER BY created_at, id LIMIT $3"
+        )))
+        .bind(user_id)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .instrument(db_span("select", "notifications"))
+        .await?;
+        rows.iter().map(notification_from_row).collect()
+    }
+
     /// Marks one of `user_id`'s notifications read (the first time only);
     /// `None` when there is no such notification of theirs.
     pub async fn mark_read(

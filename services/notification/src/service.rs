@@ -61,6 +61,22 @@ impl NotificationService {
             .await
     }
 
+    /// How many of the caller's notifications are unread.
+    pub async fn unread(&self, caller: Caller) -> Result<i64, NotificationError> {
+        self.repository.unread_count(caller.id).await
+    }
+
+    /// What a reconnecting stream of the caller missed since notification
+    /// `after` (at most `limit`, oldest first).
+    pub async fn missed_since(
+        &self,
+        caller: Caller,
+        after: Uuid,
+        limit: i64,
+    ) -> Result<Vec<Notification>, NotificationError> {
+        self.repository.stored_after(caller.id, after, limit).await
+    }
+
     /// Marks one of the caller's notifications read; someone else's is
     /// "not found" (its existence is not revealed). Repeating it keeps the
     /// first `read_at`.

@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 use crate::config::NotificationConfig;
 use crate::consumer::{Consumer, ConsumerMetrics, ConsumerStatus};
 use crate::http::{AppState, router};
+use crate::live::{self, LiveHub, LiveMetrics};
 use crate::repository::NotificationRepository;
 use crate::service::NotificationService;
 
@@ -28,6 +29,7 @@ pub struct Application {
     listener: TcpListener,
     metrics: Metrics,
     consumer_metrics: ConsumerMetrics,
+    live: LiveHub,
     service: NotificationService,
     verifier: Verifier,
 }
@@ -42,6 +44,7 @@ impl Application {
         let metrics = Metrics::new(config.common.service_name);
         db::register_pool_metrics(&metrics, &pool);
         let consumer_metrics = ConsumerMetrics::register(&metrics);
+        let live = LiveHub::new(config.streams, LiveMetrics::register(&metrics));
         let verifier = Verifier::new(&config.auth)?;
         let service = NotificationService::new(NotificationRepository::new(pool.clone()));
         let listener = runtime::bind(config.common.http_addr, "HTTP").await?;
@@ -51,6 +54,7 @@ impl Application {
             listener,
             metrics,
             consumer_metrics,
+            live,
             service,
             verifier,
         })
@@ -71,6 +75,7 @@ impl Application {
             listener,
             metrics,
             consumer_metrics,
+            live,
             service,
             verifier,
         } = self;
@@ -86,13 +91,23 @@ impl Application {
             status,
         );
         let app = http::router(
-            router(AppState { service, verifier }),
+            router(AppState {
+                service,
+                verifier,
+                live: live.clone(),
+                shutdown: shutdown.clone(),
+            }),
             readiness,
             metrics,
             HttpLimits::from(&config.common),
         );
         let server = shutdown.spawn(http::serve(listener, app, shutdown.clone()));
         shutdown.spawn(consumer.run(shutdown.clone()));
+        shutdown.spawn(live::run_listener(
+            config.database.url.clone(),
+            live,
+            shutdown.clone(),
+        ));
         let drained = shutdown.drained(config.common.shutdown_grace).await;
         pool.close().await;
         server.await??;

@@ -42,13 +42,23 @@ impl TestKeys {
 
     /// A valid token for `user_id` with `role` (issuer `stockmesh`, audience `stockmesh-api`).
     pub fn token(&self, user_id: uuid::Uuid, role: stockmesh_platform::auth::Role) -> String {
+        self.token_expiring_in(user_id, role, 3600)
+    }
+
+    /// [`token`](Self::token) that expires `seconds` from now.
+    pub fn token_expiring_in(
+        &self,
+        user_id: uuid::Uuid,
+        role: stockmesh_platform::auth::Role,
+        seconds: i64,
+    ) -> String {
         let now = chrono::Utc::now().timestamp();
         let claims = stockmesh_platform::auth::Claims {
             sub: user_id,
             role,
             iss: "stockmesh".into(),
             aud: "stockmesh-api".into(),
-            exp: now + 3600,
+            exp: now + seconds,
             iat: now,
             jti: uuid::Uuid::now_v7(),
         };

@@ -190,6 +190,114 @@ pub fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
         .sum()
 }
 
+/// Another replica of a [`TestApp`], sharing its database and queue.
+pub struct Replica {
+    pub addr: SocketAddr,
+    pub shutdown: Shutdown,
+    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Replica {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.trigger();
+        self.task.await.expect("joins").expect("stops cleanly");
+    }
+}
+
+/// One server-sent event as a browser's EventSource sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SseEvent {
+    pub event: String,
+    pub id: Option<String>,
+    pub data: String,
+}
+
+/// A client of `/api/notifications/stream`, reading events as they come.
+pub struct SseClient {
+    response: reqwest::Response,
+    buffer: String,
+}
+
+impl SseClient {
+    /// Opens the stream at `url` with `token` (and `Last-Event-ID` when given);
+    /// the status and error body when it is refused.
+    pub async fn open(
+        url: &str,
+        token: &str,
+        last_event_id: Option<&str>,
+    ) -> Result<Self, (StatusCode, String)> {
+        let mut request = reqwest::Client::new()
+            .get(url)
+            .bearer_auth(token)
+            .header("accept", "text/event-stream");
+        if let Some(id) = last_event_id {
+            request = request.header("last-event-id", id);
+        }
+        let response = request.send().await.expect("stream request sent");
+        if response.status() != StatusCode::OK {
+            let status = response.status();
+            return Err((status, response.text().await.unwrap_or_default()));
+        }
+        Ok(Self {
+            response,
+            buffer: String::new(),
+        })
+    }
+
+    /// The next event (keep-alive comments skipped), `None` when the stream
+    /// ended; panics after `secs` seconds without one.
+    pub async fn next(&mut self, secs: u64) -> Option<SseEvent> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let mut event = SseEvent {
+                    event: "message".into(),
+                    id: None,
+                    data: String::new(),
+                };
+                let mut any = false;
+                for line in block.lines() {
+                    if let Some(value) = line.strip_prefix("event:") {
+                        event.event = value.trim().to_owned();
+                        any = true;
+                    } else if let Some(value) = line.strip_prefix("id:") {
+                        event.id = Some(value.trim().to_owned());
+                    } else if let Some(value) = line.strip_prefix("data:") {
+                        event.data.push_str(value.trim());
+                        any = true;
+                    }
+                }
+                if any {
+                    return Some(event);
+                }
+                continue;
+            }
+            let chunk = tokio::time::timeout_at(deadline, self.response.chunk())
+                .await
+                .unwrap_or_else(|_| panic!("no event within {secs} s"));
+            match chunk {
+                Ok(Some(bytes)) => self.buffer.push_str(&String::from_utf8_lossy(&bytes)),
+                Ok(None) | Err(_) => return None,
+            }
+        }
+    }
+
+    /// The next event, which must be of type `kind`.
+    pub async fn expect(&mut self, kind: &str, secs: u64) -> SseEvent {
+        let event = self
+            .next(secs)
+            .await
+            .unwrap_or_else(|| panic!("stream ended while waiting for {kind}"));
+        assert_eq!(event.event, kind, "unexpected event {event:?}");
+        event
+    }
+}
+
 pub fn config(vars: HashMap<String, String>) -> NotificationConfig {
     NotificationConfig::read(EnvReader::from_map(vars)).expect("valid test configuration")
 }
@@ -264,6 +372,45 @@ impl TestApp {
         })
         .await;
         app
+    }
+
+    /// A second replica of this app: the same database (directly, not
+    /// through the proxy), queue and bindings, on its own port.
+    pub async fn spawn_replica(&self) -> Replica {
+        let delivery_limit = DELIVERY_LIMIT.to_string();
+        let bindings = format!("{}.order.*", self.prefix);
+        let vars: HashMap<String, String> = [
+            ("HTTP_ADDR", "127.0.0.1:0"),
+            ("DATABASE_URL", self.db.url.as_str()),
+            ("AMQP_URL", infra().amqp_url.as_str()),
+            ("JWT_PUBLIC_KEY", self.keys.public_pem.as_str()),
+            ("NOTIFICATION_QUEUE", self.queue.as_str()),
+            ("NOTIFICATION_BINDINGS", bindings.as_str()),
+            ("NOTIFICATION_DELIVERY_LIMIT", delivery_limit.as_str()),
+            ("SHUTDOWN_GRACE_MS", "5000"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let app = Application::build(config(vars))
+            .await
+            .expect("replica builds");
+        let addr = app.http_addr();
+        let shutdown = Shutdown::new();
+        let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+        let http = reqwest::Client::new();
+        wait_for("the replica to be ready", 20, || async {
+            http.get(format!("http://{addr}/readyz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == StatusCode::OK)
+        })
+        .await;
+        Replica {
+            addr,
+            shutdown,
+            task,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
