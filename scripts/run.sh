@@ -133,7 +133,7 @@ http {
     listen $gateway_addr;
     proxy_http_version 1.1;
     proxy_set_header Connection "";
-    proxy_set_header Host \$host;
+    proxy_set_header Host \$http_host;
     proxy_set_header X-Forwarded-For \$remote_addr;
     proxy_set_header X-Request-Id \$request_id;
     location /api/users { proxy_pass http://user; }

@@ -42,6 +42,16 @@ impl OrderStatus {
     }
 }
 
+/// Which orders a listing returns. A user always sees only their own; an
+/// administrator may ask for everyone's and narrow by user, product and
+/// status.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OrderFilter {
+    pub user_id: Option<Uuid>,
+    pub product_id: Option<Uuid>,
+    pub status: Option<OrderStatus>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Money {
     pub amount_minor: i64,

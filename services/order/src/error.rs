@@ -17,6 +17,8 @@ pub enum OrderError {
     InsufficientStock(String),
     #[error("order not found")]
     NotFound,
+    #[error("{0}")]
+    Forbidden(&'static str),
     #[error("the Idempotency-Key was already used with a different request")]
     IdempotencyMismatch,
     #[error("a request with this Idempotency-Key is still in progress")]
@@ -80,6 +82,7 @@ impl From<OrderError> for ApiError {
             InsufficientStock(_) => ApiError::new(ErrorKind::FailedPrecondition, err.to_string())
                 .with_code("insufficient_stock"),
             NotFound => ApiError::not_found(err.to_string()),
+            Forbidden(_) => ApiError::new(ErrorKind::Forbidden, err.to_string()),
             IdempotencyMismatch => {
                 ApiError::validation(err.to_string()).with_code("idempotency_key_reused")
             }

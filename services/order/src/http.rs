@@ -13,7 +13,7 @@ use stockmesh_platform::extract::{ApiJson, ApiPath, ApiQuery, Paging};
 use utoipa::OpenApi;
 use uuid::Uuid;
 
-use crate::domain::{Money, OrderStatus, OrderView};
+use crate::domain::{Money, OrderFilter, OrderStatus, OrderView};
 use crate::error::OrderError;
 use crate::service::OrderService;
 
@@ -36,6 +36,45 @@ pub struct PlaceOrderRequest {
     /// 1 to 1000 units.
     #[schema(minimum = 1, maximum = 1000)]
     pub quantity: i64,
+}
+
+/// Which orders to list (besides paging).
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct OrderQuery {
+    /// `all`: everyone's orders (administrators only); default: the caller's.
+    pub scope: Option<String>,
+    /// Only this user's orders (administrators only, unless it is the caller).
+    pub user_id: Option<Uuid>,
+    /// Only orders of this product.
+    pub product_id: Option<Uuid>,
+    /// Only orders in this status: PENDING, CONFIRMED, REJECTED, FAILED or CANCELLED.
+    pub status: Option<String>,
+}
+
+impl OrderQuery {
+    /// `(everyone, filter)`, or a readable refusal of a bad value.
+    fn filter(&self) -> Result<(bool, OrderFilter), OrderError> {
+        let everyone = match self.scope.as_deref() {
+            None | Some("mine") => false,
+            Some("all") => true,
+            Some(_) => return Err(OrderError::BadRequest("scope must be all or mine")),
+        };
+        let status = match self.status.as_deref() {
+            None | Some("") => None,
+            Some(text) => Some(OrderStatus::parse(text).ok_or(OrderError::BadRequest(
+                "status must be one of PENDING, CONFIRMED, REJECTED, FAILED, CANCELLED",
+            ))?),
+        };
+        Ok((
+            everyone,
+            OrderFilter {
+                user_id: self.user_id,
+                product_id: self.product_id,
+                status,
+            },
+        ))
+    }
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -103,20 +142,26 @@ async fn place(
     Ok((StatusCode::CREATED, Json(OrderView::from(placed.order))).into_response())
 }
 
-#[utoipa::path(get, path = "/api/orders", tag = "orders", params(Paging), security(("bearer" = []), ("cookie" = [])),
+#[utoipa::path(get, path = "/api/orders", tag = "orders", params(Paging, OrderQuery), security(("bearer" = []), ("cookie" = [])),
     responses(
-        (status = 200, description = "The caller's orders, newest first", body = OrderPage),
-        (status = 400, description = "Bad paging parameters", body = ErrorBody),
+        (status = 200, description = "The caller's orders (or, for administrators with scope=all or user_id, anyone's), newest first", body = OrderPage),
+        (status = 400, description = "Bad paging or filter parameters", body = ErrorBody),
         (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 403, description = "Another user's orders asked for by a non-administrator", body = ErrorBody),
         (status = 503, description = "Temporarily unavailable", body = ErrorBody),
     ))]
 async fn list(
     State(state): State<AppState>,
     caller: Caller,
     ApiQuery(paging): ApiQuery<Paging>,
+    ApiQuery(query): ApiQuery<OrderQuery>,
 ) -> Result<Json<OrderPage>, ApiError> {
     let (limit, offset) = paging.bounds()?;
-    let (orders, total) = state.service.list(caller, limit, offset).await?;
+    let (everyone, filter) = query.filter()?;
+    let (orders, total) = state
+        .service
+        .list(caller, everyone, filter, limit, offset)
+        .await?;
     Ok(Json(OrderPage {
         items: orders.into_iter().map(Into::into).collect(),
         total,

@@ -7,7 +7,7 @@ use sqlx::{PgPool, Row};
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::domain::{Order, OrderStatus};
+use crate::domain::{Order, OrderFilter, OrderStatus};
 use crate::error::OrderError;
 
 const COLUMNS: &str = "id, user_id, product_id, product_name, quantity, unit_price_minor, total_minor, currency, \
@@ -253,24 +253,36 @@ impl OrderRepository {
         row.as_ref().map(order_from_row).transpose()
     }
 
-    pub async fn list_for_user(
+    pub async fn list(
         &self,
-        user_id: Uuid,
+        filter: OrderFilter,
         limit: i64,
         offset: i64,
     ) -> Result<(Vec<Order>, i64), OrderError> {
+        // Each condition is off when its parameter is NULL.
+        const MATCHES: &str = "($1::uuid IS NULL OR user_id = $1) \
+             AND ($2::uuid IS NULL OR product_id = $2) \
+             AND ($3::text IS NULL OR status = $3)";
+        let status = filter.status.map(OrderStatus::as_str);
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM orders WHERE user_id = $1 ORDER BY created_at DESC, id DESC LIMIT $2 OFFSET $3"
+            "SELECT {COLUMNS} FROM orders WHERE {MATCHES} \
+             ORDER BY created_at DESC, id DESC LIMIT $4 OFFSET $5"
         )))
-        .bind(user_id)
+        .bind(filter.user_id)
+        .bind(filter.product_id)
+        .bind(status)
         .bind(limit)
         .bind(offset)
         .fetch_all(&self.pool)
         .await?;
-        let total: i64 = sqlx::query_scalar("SELECT count(*) FROM orders WHERE user_id = $1")
-            .bind(user_id)
-            .fetch_one(&self.pool)
-            .await?;
+        let total: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) FROM orders WHERE {MATCHES}"
+        )))
+        .bind(filter.user_id)
+        .bind(filter.product_id)
+        .bind(status)
+        .fetch_one(&self.pool)
+        .await?;
         Ok((
             rows.iter().map(order_from_row).collect::<Result<_, _>>()?,
             total,

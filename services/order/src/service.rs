@@ -33,7 +33,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
 use crate::clients::Upstreams;
-use crate::domain::{MAX_QUANTITY, Order, OrderStatus, request_hash};
+use crate::domain::{MAX_QUANTITY, Order, OrderFilter, OrderStatus, request_hash};
 use crate::error::OrderError;
 use crate::repository::{OrderRepository, OutboxEvent};
 
@@ -327,12 +327,22 @@ impl OrderService {
     pub async fn list(
         &self,
         caller: Caller,
+        everyone: bool,
+        mut filter: OrderFilter,
         limit: i64,
         offset: i64,
     ) -> Result<(Vec<Order>, i64), OrderError> {
-        self.repository
-            .list_for_user(caller.id, limit, offset)
-            .await
+        if !caller.is_admin() {
+            if everyone || filter.user_id.is_some_and(|user| user != caller.id) {
+                return Err(OrderError::Forbidden(
+                    "only administrators may list other users' orders",
+                ));
+            }
+            filter.user_id = Some(caller.id);
+        } else if !everyone && filter.user_id.is_none() {
+            filter.user_id = Some(caller.id);
+        }
+        self.repository.list(filter, limit, offset).await
     }
 
     /// Cancels a confirmed order: CANCELLED + `order.cancelled` in one

@@ -248,3 +248,70 @@ async fn concurrent_orders_never_oversell() {
     );
     sys.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn administrators_list_everyones_orders_with_filters_and_users_only_their_own() {
+    let sys = System::start(&[]).await;
+    let mug = sys.product("Mug", 10).await;
+    let cup = sys.product("Cup", 1).await;
+    let alice = sys.user();
+    let bob = sys.user();
+    let (status, first, _) = sys.order(&alice, &mug, 1, None).await;
+    assert_eq!(status, StatusCode::CREATED, "{first}");
+    let (status, _, _) = sys.order(&bob, &mug, 2, None).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, _, _) = sys.order(&bob, &cup, 1, None).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, rejected, _) = sys.order(&alice, &cup, 1, None).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{rejected}");
+    let alice_id = first["user_id"].as_str().expect("user id").to_owned();
+    let list = |token: String, query: String| {
+        let sys = &sys;
+        async move {
+            let (status, body, _) = sys
+                .call(
+                    sys.order_http,
+                    Method::GET,
+                    &format!("/api/orders?{query}"),
+                    Some(&token),
+                    None,
+                    None,
+                )
+                .await;
+            (status, body)
+        }
+    };
+
+    let (status, body) = list(alice.clone(), String::new()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["total"], 2, "alice sees her two orders: {body}");
+    let (status, body) = list(alice.clone(), "scope=all".into()).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(body.to_string().contains("administrators"), "{body}");
+    let (status, _) = list(bob.clone(), format!("user_id={alice_id}")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    let admin = sys.admin.clone();
+    let (status, body) = list(admin.clone(), "scope=all&limit=100".into()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["total"], 4, "{body}");
+    let (_, body) = list(admin.clone(), format!("scope=all&product_id={mug}")).await;
+    assert_eq!(body["total"], 2, "{body}");
+    let (_, body) = list(admin.clone(), format!("user_id={alice_id}&status=REJECTED")).await;
+    assert_eq!(body["total"], 1, "{body}");
+    assert_eq!(body["items"][0]["status"], "REJECTED");
+    let (_, body) = list(admin.clone(), "scope=all&status=CONFIRMED".into()).await;
+    assert_eq!(body["total"], 3, "{body}");
+    let (_, body) = list(admin.clone(), String::new()).await;
+    assert_eq!(
+        body["total"], 0,
+        "without scope=all an administrator lists their own"
+    );
+
+    for bad in ["status=SHIPPED", "scope=everyone", "product_id=nope"] {
+        let (status, body) = list(admin.clone(), format!("scope=all&{bad}")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+        assert!(body["error"]["message"].is_string(), "{body}");
+    }
+    sys.stop().await;
+}

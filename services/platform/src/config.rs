@@ -218,6 +218,9 @@ pub struct CommonConfig {
     pub max_concurrent_requests: usize,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
+    /// `ALLOWED_ORIGINS`: sites besides the request's own host that may
+    /// send state-changing requests (see [`crate::csrf`]).
+    pub allowed_origins: crate::csrf::AllowedOrigins,
     pub otel: OtelConfig,
 }
 
@@ -242,6 +245,15 @@ impl CommonConfig {
             env.problem("MAX_CONCURRENT_REQUESTS must be at least 1");
         }
         let max_body_bytes = env.with_default("MAX_BODY_BYTES", 64 * 1024usize);
+        let allowed_origins = match crate::csrf::AllowedOrigins::parse(
+            &env.with_default("ALLOWED_ORIGINS", String::new()),
+        ) {
+            Ok(origins) => origins,
+            Err(problem) => {
+                env.problem(format!("ALLOWED_ORIGINS is malformed: {problem}"));
+                Default::default()
+            }
+        };
         let otel = read_otel(env);
         Self {
             service_name,
@@ -253,6 +265,7 @@ impl CommonConfig {
             request_timeout,
             max_concurrent_requests: max_concurrent_requests.max(1),
             max_body_bytes,
+            allowed_origins,
             otel,
         }
     }

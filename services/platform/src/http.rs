@@ -2,8 +2,10 @@
 //! layers, plus `/healthz`, `/readyz` and `/metrics`.
 //!
 //! Layers on API routes, outermost first: request id (set + echoed), server
-//! span (child of an incoming `traceparent`) with per-route metrics, load
-//! shedding, request timeout, body limit. Unknown routes and methods answer
+//! span (child of an incoming `traceparent`) with per-route metrics and the
+//! trace id echoed in `x-trace-id` (the console links an order to its
+//! trace), the cross-site write check ([`crate::csrf`]), load shedding,
+//! request timeout, body limit. Unknown routes and methods answer
 //! with the standard JSON error document.
 //!
 //! Shutdown (see [`crate::shutdown`]): `GET /drain` is the preStop hook — it
@@ -40,6 +42,8 @@ pub struct HttpLimits {
     pub request_timeout: Duration,
     pub max_concurrent_requests: usize,
     pub max_body_bytes: usize,
+    /// Sites besides the request's own host allowed to send writes.
+    pub allowed_origins: crate::csrf::AllowedOrigins,
 }
 
 impl From<&CommonConfig> for HttpLimits {
@@ -48,6 +52,7 @@ impl From<&CommonConfig> for HttpLimits {
             request_timeout: config.request_timeout,
             max_concurrent_requests: config.max_concurrent_requests,
             max_body_bytes: config.max_body_bytes,
+            allowed_origins: config.allowed_origins.clone(),
         }
     }
 }
@@ -230,6 +235,14 @@ async fn edge_guard(
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<usize>().ok())
             .is_some_and(|len| len > state.limits.max_body_bytes);
+        if let Err(refused) = crate::csrf::check(
+            request.method(),
+            request.headers(),
+            &state.limits.allowed_origins,
+        ) {
+            tracing::info!("cross-site write refused");
+            return refused.into_response();
+        }
         if too_large {
             return ApiError::new(
                 ErrorKind::PayloadTooLarge,
@@ -267,6 +280,12 @@ async fn edge_guard(
     }
     .instrument(span.clone())
     .await;
+    let mut response = response;
+    if let Some(trace_id) = span.in_scope(telemetry::current_trace_id)
+        && let Ok(value) = HeaderValue::from_str(&trace_id)
+    {
+        response.headers_mut().insert("x-trace-id", value);
+    }
 
     let status = response.status();
     span.record("http.response.status_code", status.as_u16());
@@ -308,7 +327,10 @@ mod tests {
 
     fn app(shutdown: &Shutdown) -> Router {
         let api = Router::new()
-            .route("/api/ping", get(|| async { "pong" }))
+            .route(
+                "/api/ping",
+                get(|| async { "pong" }).post(|| async { "posted" }),
+            )
             .route(
                 "/api/slow",
                 get(|| async {
@@ -324,6 +346,7 @@ mod tests {
                 request_timeout: Duration::from_secs(10),
                 max_concurrent_requests: 8,
                 max_body_bytes: 1024,
+                allowed_origins: Default::default(),
             },
         )
     }
@@ -336,6 +359,34 @@ mod tests {
             Ok(response) => response,
             Err(never) => match never {},
         }
+    }
+
+    #[tokio::test]
+    async fn a_cross_site_write_is_refused_before_the_handler_runs() {
+        let app = app(&Shutdown::new());
+        let post = |origin: &'static str| {
+            axum::http::Request::post("/api/ping")
+                .header(header::HOST, "shop.example")
+                .header(header::ORIGIN, origin)
+                .body(Body::empty())
+                .expect("a valid request")
+        };
+        let refused = match app.clone().oneshot(post("https://evil.example")).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        };
+        assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+        let body = axum::body::to_bytes(refused.into_body(), 4096)
+            .await
+            .expect("body");
+        let body = String::from_utf8_lossy(&body);
+        assert!(body.contains("cross_site_request"), "{body}");
+        assert!(body.contains("evil.example"), "{body}");
+        let same_site = match app.clone().oneshot(post("https://shop.example")).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        };
+        assert_eq!(same_site.status(), StatusCode::OK);
     }
 
     #[tokio::test(start_paused = true)]

@@ -9,6 +9,7 @@ mod balancer;
 pub mod breaker;
 pub mod broker;
 pub mod config;
+pub mod csrf;
 pub mod db;
 pub mod deadline;
 pub mod error;
