@@ -5,9 +5,10 @@
 //!    invalid spec gets a `Degraded=True/InvalidSpec`
 //!    condition and a Warning event, and nothing else happens until the spec
 //!    changes (no crash loop, no retries);
-//! 2. list every kind it manages in the namespace, by label
-//!    (`app.kubernetes.io/instance=<name>,app.kubernetes.io/managed-by=stockmesh-operator`);
-//!    in external mode, get the referenced Secrets;
+//! 2. read every object it manages for this InventorySystem from the
+//!    controller's watch caches ([`crate::cache`]; labelled
+//!    `app.kubernetes.io/instance=<name>,app.kubernetes.io/managed-by=stockmesh-operator`),
+//!    without a request; in external mode, get the referenced Secrets;
 //! 3. build the desired objects ([`crate::resources::build_all`]);
 //! 4. create generated Secrets that do not exist yet (never touching those
 //!    that do); server-side apply every other object whose
@@ -26,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::core::DynamicObject;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -34,6 +35,7 @@ use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{Instrument, info, info_span, warn};
 
+use crate::cache::{CacheError, Caches, OwnedStream};
 use crate::crd::{InventorySystem, InventorySystemStatus, Phase};
 use crate::drift;
 use crate::images::ImagePolicy;
@@ -51,6 +53,8 @@ pub enum Error {
     Build(#[from] BuildError),
     #[error("serialising an object: {0}")]
     Json(#[from] serde_json::Error),
+    #[error("watch cache: {0}")]
+    Cache(#[from] CacheError),
 }
 
 impl Error {
@@ -64,23 +68,32 @@ impl Error {
             Error::Kube(_) => "ApiUnreachable".into(),
             Error::Build(_) => "BuildFailed".into(),
             Error::Json(_) => "SerializationFailed".into(),
+            Error::Cache(_) => "CacheNotReady".into(),
         }
     }
 }
+
+/// Per child object of one InventorySystem: the applied-hash of its last
+/// apply and what the server did not keep of it.
+type ServedChildren = HashMap<String, (String, drift::Accepted)>;
 
 /// Shared state of the reconciler.
 pub struct Context {
     pub client: Client,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
-    /// Consecutive failures per object, for the exponential backoff.
+    /// Consecutive failures per InventorySystem (`namespace/name`), for the
+    /// exponential backoff.
     failures: Mutex<HashMap<String, u32>>,
-    /// Per child object (`Kind/namespace/name`): the applied-hash of the
-    /// last successful apply and the desired fields the API server did not
-    /// keep as applied ([`drift::served_deviations`]); the drift check
-    /// accepts the server's values there until the desired object changes.
-    /// Only objects with such fields have an entry.
-    served: Mutex<HashMap<String, (String, drift::Accepted)>>,
+    /// Per InventorySystem (`namespace/name`), per child object
+    /// (`Kind/namespace/name`): the applied-hash of the last successful
+    /// apply and the desired fields the API server did not keep as applied
+    /// ([`drift::served_deviations`]); the drift check accepts the server's
+    /// values there until the desired object changes. Only objects with
+    /// such fields have an entry.
+    served: Mutex<HashMap<String, ServedChildren>>,
+    /// The watch caches the reconciler reads its children from.
+    caches: Caches,
     /// Where the images a spec chooses may come from (`--allowed-images`).
     images: ImagePolicy,
 }
@@ -97,8 +110,63 @@ impl Context {
             metrics,
             failures: Mutex::new(HashMap::new()),
             served: Mutex::new(HashMap::new()),
+            caches: Caches::default(),
             images: ImagePolicy::default(),
         }
+    }
+
+    /// The watch caches of owned objects.
+    pub fn caches(&self) -> &Caches {
+        &self.caches
+    }
+
+    /// One watch per owned kind in `namespace` (`None`: every namespace),
+    /// feeding the caches the reconciler reads: the controller's `owns`
+    /// triggers (`Controller::owns_stream_with(stream, kind.api_resource())`).
+    pub fn owned_streams(&self, namespace: Option<&str>) -> Vec<(Kind, OwnedStream)> {
+        self.caches.owned_streams(&self.client, namespace)
+    }
+
+    /// Forgets what the reconciler kept about an InventorySystem that was
+    /// deleted: its failure count (backoff) and what the server did not
+    /// keep of its children.
+    pub fn forget_system(&self, namespace: &str, name: &str) {
+        let key = format!("{namespace}/{name}");
+        if let Ok(mut map) = self.failures.lock() {
+            map.remove(&key);
+        }
+        if let Ok(mut map) = self.served.lock() {
+            map.remove(&key);
+        }
+    }
+
+    /// After a (re)list of the InventorySystems of `namespace` (`None`: all
+    /// namespaces): forgets every system of that scope not among `present`
+    /// (`namespace/name` keys), deleted while no watch was open.
+    pub fn retain_systems(&self, namespace: Option<&str>, present: &BTreeSet<String>) {
+        let stale = |key: &String| {
+            let in_scope = namespace.is_none_or(|ns| key.split('/').next() == Some(ns));
+            in_scope && !present.contains(key)
+        };
+        if let Ok(mut map) = self.failures.lock() {
+            map.retain(|k, _| !stale(k));
+        }
+        if let Ok(mut map) = self.served.lock() {
+            map.retain(|k, _| !stale(k));
+        }
+    }
+
+    /// How many InventorySystems the reconciler keeps failure or drift
+    /// state for (for tests of [`Context::forget_system`]).
+    pub fn remembered_systems(&self) -> usize {
+        let mut keys = BTreeSet::new();
+        if let Ok(map) = self.failures.lock() {
+            keys.extend(map.keys().cloned());
+        }
+        if let Ok(map) = self.served.lock() {
+            keys.extend(map.keys().cloned());
+        }
+        keys.len()
     }
 
     /// Restricts the images specs may choose (see [`crate::images`]).
@@ -110,34 +178,55 @@ impl Context {
     /// What the drift check accepts for a child whose desired object has
     /// the applied-hash `hash`: the server's values recorded after the last
     /// apply of that same desired object, else nothing.
-    fn accepted(&self, child: &str, hash: &str) -> drift::Accepted {
+    fn accepted(&self, system: &str, child: &str, hash: &str) -> drift::Accepted {
         let Ok(map) = self.served.lock() else {
             return drift::Accepted::new();
         };
-        map.get(child)
+        map.get(system)
+            .and_then(|children| children.get(child))
             .filter(|(h, _)| h == hash)
             .map(|(_, accepted)| accepted.clone())
             .unwrap_or_default()
     }
 
     /// Records what the server kept of a child right after applying it.
-    fn remember_served(&self, child: &str, hash: Option<&str>, accepted: drift::Accepted) {
+    fn remember_served(
+        &self,
+        system: &str,
+        child: &str,
+        hash: Option<&str>,
+        accepted: drift::Accepted,
+    ) {
         let Ok(mut map) = self.served.lock() else {
             return;
         };
         match hash {
             Some(hash) if !accepted.is_empty() => {
-                map.insert(child.to_owned(), (hash.to_owned(), accepted));
+                map.entry(system.to_owned())
+                    .or_default()
+                    .insert(child.to_owned(), (hash.to_owned(), accepted));
             }
-            _ => {
-                map.remove(child);
-            }
+            _ => self.forget_served_in(&mut map, system, child),
         }
     }
 
-    fn forget_served(&self, child: &str) {
+    fn forget_served(&self, system: &str, child: &str) {
         if let Ok(mut map) = self.served.lock() {
-            map.remove(child);
+            self.forget_served_in(&mut map, system, child);
+        }
+    }
+
+    fn forget_served_in(
+        &self,
+        map: &mut HashMap<String, ServedChildren>,
+        system: &str,
+        child: &str,
+    ) {
+        if let Some(children) = map.get_mut(system) {
+            children.remove(child);
+            if children.is_empty() {
+                map.remove(system);
+            }
         }
     }
 
@@ -198,14 +287,29 @@ pub async fn reconcile(obj: Arc<InventorySystem>, ctx: Arc<Context>) -> Result<A
     async move {
         let started = Instant::now();
         ctx.metrics.reconciles.inc();
-        let result = reconcile_inner(&obj, &ctx).await;
+        let (result, calls) = ctx
+            .metrics
+            .counting_calls(async {
+                let result = reconcile_inner(&obj, &ctx).await;
+                if let Err(err) = &result {
+                    report_failure(&obj, &ctx, err).await;
+                }
+                result
+            })
+            .await;
         ctx.metrics.observe(started.elapsed());
+        let api_calls = calls
+            .iter()
+            .map(|(verb, n)| format!("{verb}={n}"))
+            .collect::<Vec<_>>()
+            .join(",");
         match &result {
             Ok(action) => {
                 ctx.failure_count(&key(&obj), true);
                 info!(
                     ?action,
                     elapsed_ms = started.elapsed().as_millis() as u64,
+                    %api_calls,
                     "reconciled"
                 );
             }
@@ -213,8 +317,7 @@ pub async fn reconcile(obj: Arc<InventorySystem>, ctx: Arc<Context>) -> Result<A
                 let reason = err.metric_reason();
                 ctx.metrics.failed(&reason);
                 mark_span_failed(&reason, err);
-                warn!(error = %err, "reconcile failed");
-                report_failure(&obj, &ctx, err).await;
+                warn!(error = %err, %api_calls, "reconcile failed");
             }
         }
         result
@@ -257,6 +360,7 @@ async fn publish(
     action: &str,
     note: &str,
 ) {
+    ctx.metrics.api_call("create", "Event");
     let event = Event {
         type_,
         reason: reason.into(),
@@ -287,6 +391,7 @@ async fn patch_status(
 ) -> Result<(), kube::Error> {
     let api: Api<InventorySystem> =
         Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
+    ctx.metrics.api_call("patch", "InventorySystem");
     let body = json!({
         "apiVersion": InventorySystem::api_version(&()),
         "kind": InventorySystem::kind(&()),
@@ -301,10 +406,10 @@ async fn patch_status(
     Ok(())
 }
 
-/// What the lists of one reconcile found.
+/// The children of one InventorySystem in the watch caches.
 #[derive(Default)]
 struct Observed {
-    objects: BTreeMap<(Kind, String), DynamicObject>,
+    objects: BTreeMap<(Kind, String), Arc<DynamicObject>>,
 }
 
 impl Observed {
@@ -313,16 +418,16 @@ impl Observed {
         for ((kind, name), obj) in &self.objects {
             match kind {
                 Kind::Deployment => {
-                    if let Ok(d) = obj.clone().try_parse() {
+                    if let Ok(d) = DynamicObject::clone(obj).try_parse() {
                         w.deployments.insert(name.clone(), d);
                     }
                 }
                 Kind::StatefulSet => {
-                    if let Ok(s) = obj.clone().try_parse() {
+                    if let Ok(s) = DynamicObject::clone(obj).try_parse() {
                         w.statefulsets.insert(name.clone(), s);
                     }
                 }
-                Kind::Ingress => w.ingress = obj.clone().try_parse().ok(),
+                Kind::Ingress => w.ingress = DynamicObject::clone(obj).try_parse().ok(),
                 _ => {}
             }
         }
@@ -338,15 +443,11 @@ impl Observed {
     }
 }
 
-async fn observe(ctx: &Context, ns: &str, name: &str) -> Result<Observed, kube::Error> {
+/// The children of `name` in `ns`, from the watch caches: no request.
+async fn observe(ctx: &Context, ns: &str, name: &str) -> Result<Observed, CacheError> {
     let mut observed = Observed::default();
-    let lp = ListParams::default().labels(&names::owned_selector(name));
-    for kind in Kind::ALL {
-        let api: Api<DynamicObject> =
-            Api::namespaced_with(ctx.client.clone(), ns, &kind.api_resource());
-        for item in api.list(&lp).await?.items {
-            observed.objects.insert((kind, item.name_any()), item);
-        }
+    for (kind, item) in ctx.caches.children(ns, name).await? {
+        observed.objects.insert((kind, item.name_any()), item);
     }
     Ok(observed)
 }
@@ -383,6 +484,7 @@ async fn external_secrets(
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     if let Some(ext) = &obj.spec.postgres.external {
         let name = &ext.secret_ref.name;
+        ctx.metrics.api_call("get", Kind::Secret.as_str());
         match api.get_opt(name).await? {
             None => {
                 return Ok(Some(Blocker::ExternalDatabaseSecret(format!(
@@ -415,6 +517,7 @@ async fn external_secrets(
     }
     if let Some(ext) = &obj.spec.rabbitmq.external {
         let name = &ext.secret_ref.name;
+        ctx.metrics.api_call("get", Kind::Secret.as_str());
         match api.get_opt(name).await? {
             None => {
                 return Ok(Some(Blocker::ExternalBrokerSecret(format!(
@@ -533,8 +636,9 @@ async fn reconcile_inner(obj: &InventorySystem, ctx: &Context) -> Result<Action,
     // 4. Write what differs.
     let mut created = Vec::new();
     let mut updated = Vec::new();
+    let system = key(obj);
     for d in &desired {
-        match write(ctx, &ns, d, &observed).await? {
+        match write(ctx, &system, &ns, d, &observed).await? {
             Written::Created => created.push(format!("{}/{}", d.kind.as_str(), d.name)),
             Written::Updated => updated.push(format!("{}/{}", d.kind.as_str(), d.name)),
             Written::Repaired | Written::Unchanged => {}
@@ -560,10 +664,17 @@ async fn reconcile_inner(obj: &InventorySystem, ctx: &Context) -> Result<Action,
         if owned_by_us && !wanted.contains(&(*kind, child.clone())) {
             let api: Api<DynamicObject> =
                 Api::namespaced_with(ctx.client.clone(), &ns, &kind.api_resource());
-            api.delete(child, &DeleteParams::background()).await?;
-            ctx.forget_served(&child_key(*kind, &ns, child));
-            ctx.metrics.wrote(kind.as_str(), "delete");
-            deleted.push(format!("{}/{child}", kind.as_str()));
+            ctx.metrics.api_call("delete", kind.as_str());
+            ctx.forget_served(&system, &child_key(*kind, &ns, child));
+            match api.delete(child, &DeleteParams::background()).await {
+                Ok(_) => {
+                    ctx.metrics.wrote(kind.as_str(), "delete");
+                    deleted.push(format!("{}/{child}", kind.as_str()));
+                }
+                // Already gone (the cache had not seen it yet): done.
+                Err(kube::Error::Api(s)) if s.is_not_found() => {}
+                Err(e) => return Err(e.into()),
+            }
         }
     }
 
@@ -627,13 +738,17 @@ enum Written {
 
 async fn write(
     ctx: &Context,
+    system: &str,
     ns: &str,
     d: &Desired,
     observed: &Observed,
 ) -> Result<Written, Error> {
     let api: Api<DynamicObject> =
         Api::namespaced_with(ctx.client.clone(), ns, &d.kind.api_resource());
-    let current = observed.objects.get(&(d.kind, d.name.clone()));
+    let current = observed
+        .objects
+        .get(&(d.kind, d.name.clone()))
+        .map(AsRef::as_ref);
     match d.mode {
         WriteMode::CreateOnce => {
             if current.is_some() {
@@ -643,6 +758,7 @@ async fn write(
                 field_manager: Some(names::FIELD_MANAGER.into()),
                 ..Default::default()
             };
+            ctx.metrics.api_call("create", d.kind.as_str());
             match api.create(&pp, &d.to_dynamic()?).await {
                 Ok(_) => {
                     ctx.metrics.wrote(d.kind.as_str(), "create");
@@ -669,7 +785,7 @@ async fn write(
                 // Same desired object as last applied: write only if someone
                 // changed or removed one of our fields since (drift), not
                 // for fields this API server does not keep as applied.
-                let accepted = ctx.accepted(&child, hash);
+                let accepted = ctx.accepted(system, &child, hash);
                 match drift::first_difference_accepting(
                     &d.object,
                     &serde_json::to_value(current)?,
@@ -679,6 +795,7 @@ async fn write(
                     Some(path) => repair = Some(path),
                 }
             }
+            ctx.metrics.api_call("patch", d.kind.as_str());
             let served = api
                 .patch(
                     &d.name,
@@ -698,7 +815,7 @@ async fn write(
                     "the API server does not keep these fields as applied; drift checks accept its values until the desired object changes"
                 );
             }
-            ctx.remember_served(&child, want, deviations);
+            ctx.remember_served(system, &child, want, deviations);
             if let Some(path) = repair {
                 info!(
                     kind = d.kind.as_str(),

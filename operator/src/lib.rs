@@ -5,6 +5,7 @@
 //! The builders ([`resources::build_all`]) are pure and public so that the
 //! `render` binary and the Helm chart parity test can use them.
 
+pub mod cache;
 pub mod cli;
 pub mod compat;
 pub mod controller;

@@ -6,19 +6,16 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
+use std::collections::BTreeSet;
+
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
-use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::Client;
 use kube::api::Api;
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::{WatchStreamExt, predicates, reflector, watcher};
-use serde::de::DeserializeOwned;
+use kube::{Client, ResourceExt};
 
+use crate::InventorySystem;
 use crate::controller::{Context, error_policy, reconcile};
-use crate::{InventorySystem, names};
 
 /// Where the operator looks for InventorySystems and their objects.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -76,30 +73,6 @@ pub fn systems_api(client: &Client, namespace: Option<&str>) -> Api<InventorySys
     api(client, namespace)
 }
 
-fn owned_config() -> watcher::Config {
-    watcher::Config::default().labels(&format!(
-        "{}={}",
-        names::LABEL_MANAGED_BY,
-        names::MANAGED_BY
-    ))
-}
-
-fn owns<K>(
-    c: Controller<InventorySystem>,
-    client: &Client,
-    ns: Option<&str>,
-) -> Controller<InventorySystem>
-where
-    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + 'static,
-{
-    c.owns(api::<K>(client, ns), owned_config())
-}
-
 /// Runs the controllers of `scope` until a shutdown signal; `ready` turns
 /// true once every one of them has listed its InventorySystems.
 pub async fn run(
@@ -119,6 +92,7 @@ pub async fn run(
         let (reader, writer) = reflector::store::<InventorySystem>();
         let listed = AtomicBool::new(false);
         let (unlisted, ready) = (unlisted.clone(), ready.clone());
+        let (forget, scope_ns, systems) = (ctx.clone(), ns.clone(), reader.clone());
         // Only spec changes (a new generation) trigger a reconcile from the
         // InventorySystem watch; our own status patches do not.
         let trigger = watcher(api(&client, ns.as_deref()), watcher::Config::default())
@@ -131,19 +105,34 @@ pub async fn run(
                 {
                     ready.store(true, Ordering::Relaxed);
                 }
+                // A deleted InventorySystem leaves no backoff or drift
+                // state behind (nor one deleted while no watch was open).
+                match event {
+                    Ok(watcher::Event::Delete(obj)) => {
+                        forget.forget_system(&obj.namespace().unwrap_or_default(), &obj.name_any());
+                    }
+                    Ok(watcher::Event::InitDone) => {
+                        let present: BTreeSet<String> = systems
+                            .state()
+                            .iter()
+                            .map(|o| {
+                                format!("{}/{}", o.namespace().unwrap_or_default(), o.name_any())
+                            })
+                            .collect();
+                        forget.retain_systems(scope_ns.as_deref(), &present);
+                    }
+                    _ => {}
+                }
             })
             .applied_objects()
             .predicate_filter(predicates::generation, Default::default());
         let mut c = Controller::for_stream(trigger, reader);
         let ns = ns.as_deref();
-        c = owns::<Secret>(c, &client, ns);
-        c = owns::<ConfigMap>(c, &client, ns);
-        c = owns::<Service>(c, &client, ns);
-        c = owns::<StatefulSet>(c, &client, ns);
-        c = owns::<Deployment>(c, &client, ns);
-        c = owns::<PodDisruptionBudget>(c, &client, ns);
-        c = owns::<Ingress>(c, &client, ns);
-        c = owns::<NetworkPolicy>(c, &client, ns);
+        // Owned objects: one watch per kind, each feeding the cache the
+        // reconciler reads its children from (crate::cache).
+        for (kind, stream) in ctx.owned_streams(ns) {
+            c = c.owns_stream_with(stream, kind.api_resource());
+        }
         tracing::info!(
             namespace = ns.unwrap_or("<all>"),
             concurrency,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::{Fake, UID, cr_collection, system};
+use common::{Fake, UID, cr_collection, prime, system};
 use serde_json::{Value, json};
 use stockmesh_operator::controller::{Context, reconcile};
 use stockmesh_operator::images::ImagePolicy;
@@ -52,7 +52,8 @@ async fn a_namespaced_operator_sends_no_request_outside_its_namespaces() {
         serde_json::to_value(system("other", json!({}), 1)).expect("json"),
     );
     let (client, _server) = fake.client();
-    let ctx = Arc::new(Context::new(client.clone(), Arc::new(Metrics::new()), None));
+    let metrics = Arc::new(Metrics::new());
+    let ctx = Arc::new(Context::new(client.clone(), metrics.clone(), None));
     let ready = Arc::new(AtomicBool::new(false));
     let scope = Scope::from_namespaces(&["team-b".to_owned(), "team-a".to_owned()]);
     let operator = tokio::spawn({
@@ -118,6 +119,17 @@ async fn a_namespaced_operator_sends_no_request_outside_its_namespaces() {
         !state.calls.iter().any(|c| c.path.contains("/other")),
         "the unwatched namespace's system was never touched"
     );
+    // The reconciles read their children from the controller's watch
+    // caches: the lists above are the watches' own, none is a reconcile's.
+    let text = metrics.encode();
+    assert!(
+        text.contains("stockmesh_operator_api_calls_per_reconcile_sum{verb=\"list\"} 0.0"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("stockmesh_operator_api_calls_per_reconcile_sum{verb=\"patch\"} 0.0"),
+        "the reconcile applied the children: {text}"
+    );
 }
 
 #[test]
@@ -149,6 +161,7 @@ async fn an_image_outside_the_allow_list_is_invalid_and_nothing_is_applied() {
     let policy = ImagePolicy::new(["ghcr.io/stockmesh/", "postgres", "rabbitmq"]).expect("policy");
     let ctx =
         Arc::new(Context::new(client, Arc::new(Metrics::new()), None).with_image_policy(policy));
+    prime(&ctx, &fake);
     tokio::time::timeout(
         Duration::from_secs(20),
         reconcile(Arc::new(obj), ctx.clone()),
@@ -205,6 +218,7 @@ async fn images_inside_the_allow_list_are_applied() {
     let policy = ImagePolicy::new(["ghcr.io/stockmesh/", "postgres", "rabbitmq"]).expect("policy");
     let ctx =
         Arc::new(Context::new(client, Arc::new(Metrics::new()), None).with_image_policy(policy));
+    prime(&ctx, &fake);
     let _ = tokio::time::timeout(
         Duration::from_secs(20),
         reconcile(Arc::new(obj), ctx.clone()),

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use common::{Call, Fake, NS, UID, coll, cr_collection, system};
+use common::{Call, Fake, NS, UID, coll, cr_collection, prime, system};
 use kube::runtime::controller::Action;
 use serde_json::{Value, json};
 use stockmesh_operator::InventorySystem;
@@ -30,6 +30,7 @@ async fn run(
     let (client, server) = fake.client();
     let metrics = Arc::new(Metrics::new());
     let ctx = Arc::new(Context::new(client, metrics.clone(), None));
+    prime(&ctx, fake);
     let result = tokio::time::timeout(
         Duration::from_secs(20),
         reconcile(Arc::new(obj.clone()), ctx.clone()),
@@ -67,22 +68,6 @@ fn writes(calls: &[Call]) -> Vec<&Call> {
 
 fn lines(calls: &[&Call]) -> Vec<String> {
     calls.iter().map(|c| c.line()).collect()
-}
-
-fn list_lines() -> Vec<String> {
-    [
-        coll("v1", "secrets"),
-        coll("v1", "configmaps"),
-        coll("v1", "services"),
-        coll("apps/v1", "statefulsets"),
-        coll("apps/v1", "deployments"),
-        coll("policy/v1", "poddisruptionbudgets"),
-        coll("networking.k8s.io/v1", "ingresses"),
-        coll("networking.k8s.io/v1", "networkpolicies"),
-    ]
-    .into_iter()
-    .map(|p| format!("GET {p}"))
-    .collect()
 }
 
 fn status_line(name: &str) -> String {
@@ -138,20 +123,13 @@ async fn fresh_resource_creates_every_object_in_order_then_reports_progress() {
     let (result, calls, metrics) = run(&fake, &obj).await;
     assert_eq!(result, Ok(Action::requeue(Duration::from_secs(300))));
 
-    // Reads first: one labelled list per managed kind.
+    // No reads: the children come from the watch caches.
     let reads: Vec<String> = calls
         .iter()
         .filter(|c| !c.is_write())
         .map(Call::line)
         .collect();
-    assert_eq!(reads, list_lines());
-    for c in calls.iter().filter(|c| !c.is_write()) {
-        assert!(
-            c.query.contains("labelSelector=app.kubernetes.io%2Finstance%3Dshop%2Capp.kubernetes.io%2Fmanaged-by%3Dstockmesh-operator"),
-            "list without the owned-object selector: {}",
-            c.query
-        );
-    }
+    assert_eq!(reads, Vec::<String>::new());
 
     // Then the writes, in apply order.
     let secrets = coll("v1", "secrets");
@@ -378,19 +356,24 @@ async fn steady_state_writes_nothing_and_status_only_when_it_changes() {
         json!({"ready": 1, "desired": 1})
     );
 
-    // Steady state: reads only, no write at all (no apply, no status, no event).
+    // Steady state: no request at all (no list, no apply, no status, no
+    // event), and the metrics say so.
     let before = stored(&fake, "shop");
-    let (result, calls, _) = run(&fake, &before).await;
+    let (result, calls, metrics) = run(&fake, &before).await;
     assert!(result.is_ok());
     assert_eq!(
-        writes(&calls).len(),
-        0,
-        "steady state wrote: {:?}",
-        lines(&writes(&calls))
-    );
-    assert_eq!(
         calls.iter().map(Call::line).collect::<Vec<_>>(),
-        list_lines()
+        Vec::<String>::new(),
+        "steady state sent requests"
+    );
+    let text = metrics.encode();
+    for verb in ["get", "list", "create", "patch", "delete"] {
+        let sum = format!("stockmesh_operator_api_calls_per_reconcile_sum{{verb=\"{verb}\"}} 0.0");
+        assert!(text.contains(&sum), "{sum} in\n{text}");
+    }
+    assert!(
+        !text.contains("stockmesh_operator_api_calls_total{"),
+        "{text}"
     );
 
     // Generated Secrets were never regenerated.
@@ -615,9 +598,11 @@ async fn external_database_mode_copies_urls_and_runs_no_statefulset() {
         .filter(|c| !c.is_write())
         .map(Call::line)
         .collect();
-    let mut expected_reads = list_lines();
-    expected_reads.push(format!("GET {secrets}/shop-external-db"));
-    expected_reads.push(format!("GET {secrets}/shop-external-amqp"));
+    // The referenced Secrets (not labelled, so not cached): one get each.
+    let expected_reads = vec![
+        format!("GET {secrets}/shop-external-db"),
+        format!("GET {secrets}/shop-external-amqp"),
+    ];
     assert_eq!(reads, expected_reads);
     let w = writes(&calls);
     assert!(
@@ -801,6 +786,7 @@ impl Operator {
     async fn reconcile(&self, fake: &Fake, obj: &InventorySystem) -> Vec<Call> {
         fake.lock()
             .insert(&cr_collection(), serde_json::to_value(obj).expect("json"));
+        prime(&self.ctx, fake);
         let result = tokio::time::timeout(
             Duration::from_secs(20),
             reconcile(Arc::new(obj.clone()), self.ctx.clone()),
@@ -1077,4 +1063,95 @@ async fn external_secret_values_never_reach_annotations_and_a_new_version_rolls_
         .filter(|l| !l.ends_with("/status") && !l.contains("/events"))
         .collect();
     assert_eq!(w, Vec::<String>::new());
+}
+
+/// The API calls of one reconcile, as the metrics count them: the first
+/// creates everything, the steady state sends nothing, and the counts agree
+/// with what the (mocked) API server received.
+#[tokio::test]
+async fn api_calls_per_reconcile_are_counted_and_zero_in_the_steady_state() {
+    let fake = Fake::new();
+    let op = Operator::start(&fake);
+    let obj = system("shop", json!({}), 1);
+    let first = op.reconcile(&fake, &obj).await;
+    let count = |calls: &[Call], method: &str| calls.iter().filter(|c| c.method == method).count();
+    let text = op.metrics.encode();
+    let patches = count(&first, "PATCH");
+    let creates = count(&first, "POST");
+    assert!(patches > 20 && creates > 5, "{first:?}");
+    for (verb, n) in [
+        ("patch", patches),
+        ("create", creates),
+        ("list", 0),
+        ("get", 0),
+    ] {
+        let sum =
+            format!("stockmesh_operator_api_calls_per_reconcile_sum{{verb=\"{verb}\"}} {n}.0");
+        assert!(text.contains(&sum), "{sum} in\n{text}");
+    }
+    assert!(
+        text.contains("stockmesh_operator_api_calls_total{verb=\"patch\",kind=\"Deployment\"} 5"),
+        "{text}"
+    );
+
+    set_ready(&fake, "shop", &[]);
+    op.reconcile(&fake, &stored(&fake, "shop")).await;
+    for _ in 0..3 {
+        let calls = op.reconcile(&fake, &stored(&fake, "shop")).await;
+        assert_eq!(
+            calls.iter().map(Call::line).collect::<Vec<_>>(),
+            Vec::<String>::new()
+        );
+    }
+    let text = op.metrics.encode();
+    // Five reconciles; the last three (and the list of every one) at zero.
+    assert!(
+        text.contains(
+            "stockmesh_operator_api_calls_per_reconcile_bucket{le=\"0.0\",verb=\"list\"} 5"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "stockmesh_operator_api_calls_per_reconcile_bucket{le=\"0.0\",verb=\"patch\"} 3"
+        ),
+        "{text}"
+    );
+    op.stop().await;
+}
+
+/// A deleted InventorySystem leaves no failure count (backoff) or drift
+/// memory behind in the reconciler.
+#[tokio::test]
+async fn a_deleted_system_leaves_no_per_object_state() {
+    let fake = Fake::new();
+    fake.lock()
+        .drop_on_apply
+        .push(("StatefulSet".into(), RETENTION.into()));
+    let op = Operator::start(&fake);
+    let obj = system("shop", json!({}), 1);
+    op.reconcile(&fake, &obj).await;
+    // The server dropped a field: remembered for the drift check.
+    assert_eq!(op.ctx.remembered_systems(), 1);
+    // A failing system: a failure count for its backoff.
+    let other = system("other", json!({}), 1);
+    stockmesh_operator::controller::error_policy(
+        Arc::new(other.clone()),
+        &stockmesh_operator::controller::Error::Json(serde_json::Error::io(std::io::Error::other(
+            "x",
+        ))),
+        op.ctx.clone(),
+    );
+    assert_eq!(op.ctx.remembered_systems(), 2);
+
+    op.ctx.forget_system(NS, "shop");
+    assert_eq!(op.ctx.remembered_systems(), 1);
+    // A relist that no longer finds `other` forgets it too; another
+    // namespace's relist does not.
+    op.ctx
+        .retain_systems(Some("elsewhere"), &Default::default());
+    assert_eq!(op.ctx.remembered_systems(), 1);
+    op.ctx.retain_systems(Some(NS), &Default::default());
+    assert_eq!(op.ctx.remembered_systems(), 0);
+    op.stop().await;
 }

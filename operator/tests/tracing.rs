@@ -7,7 +7,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Fake, coll, cr_collection, system};
+use common::{Fake, coll, cr_collection, prime, system};
 use serde_json::json;
 use stockmesh_operator::controller::{Context, reconcile};
 use stockmesh_operator::metrics::Metrics;
@@ -61,6 +61,7 @@ async fn a_failed_reconcile_is_an_error_span_with_an_exception_event() {
     }
     let (client, server) = fake.client();
     let ctx = Arc::new(Context::new(client, Arc::new(Metrics::new()), None));
+    prime(&ctx, &fake);
     let result = tokio::time::timeout(
         Duration::from_secs(20),
         reconcile(Arc::new(obj), ctx.clone()),

@@ -12,8 +12,9 @@ use http::{Method, Request, Response, StatusCode};
 use kube::Client;
 use kube::client::Body;
 use serde_json::{Value, json};
-use stockmesh_operator::InventorySystem;
+use stockmesh_operator::controller::Context;
 use stockmesh_operator::rbac;
+use stockmesh_operator::{InventorySystem, Kind};
 
 pub const NS: &str = "default";
 pub const UID: &str = "5f0c2b1e-0000-4000-8000-000000000001";
@@ -384,6 +385,32 @@ impl Fake {
     pub fn take_calls(&self) -> Vec<Call> {
         std::mem::take(&mut self.lock().calls)
     }
+}
+
+/// Fills the reconciler's watch caches with what the fake holds (every
+/// owned kind, every namespace), as the controller's watches would once
+/// they caught up: the reconciler then reads its children without a request.
+pub fn prime(ctx: &Context, fake: &Fake) {
+    let st = fake.lock();
+    let mut objects = Vec::new();
+    for (collection, items) in &st.objects {
+        let resource = collection.rsplit('/').next().unwrap_or_default();
+        let Some(kind) = Kind::ALL
+            .into_iter()
+            .find(|k| k.api_resource().plural == resource)
+        else {
+            continue;
+        };
+        for item in items.values() {
+            let labels = &item["metadata"]["labels"];
+            if labels["app.kubernetes.io/managed-by"] != "stockmesh-operator" {
+                continue;
+            }
+            let obj = serde_json::from_value(item.clone()).expect("object parses");
+            objects.push((kind, obj));
+        }
+    }
+    ctx.caches().prime(None, objects);
 }
 
 pub fn coll(group_version: &str, resource: &str) -> String {
