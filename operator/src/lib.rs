@@ -12,6 +12,7 @@ pub mod controller;
 pub mod crd;
 pub mod drift;
 pub mod images;
+pub mod leader;
 pub mod metrics;
 pub mod names;
 pub mod rbac;

@@ -5,13 +5,14 @@ use std::sync::atomic::AtomicBool;
 
 use anyhow::Context as _;
 use clap::Parser as _;
+use kube::Config;
 use kube::api::ListParams;
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Client, Config};
 use stockmesh_operator::cli::Options;
 use stockmesh_operator::compat;
 use stockmesh_operator::controller::Context;
 use stockmesh_operator::images::ImagePolicy;
+use stockmesh_operator::leader::{self, Election, Outcome};
 use stockmesh_operator::metrics::Metrics;
 use stockmesh_operator::runner::{self, Scope};
 use stockmesh_operator::server::{self, AppState};
@@ -27,8 +28,8 @@ async fn main() -> anyhow::Result<()> {
     result
 }
 
-async fn client(opts: &Options) -> anyhow::Result<Client> {
-    let config = match &opts.kubeconfig {
+async fn config(opts: &Options) -> anyhow::Result<Config> {
+    Ok(match &opts.kubeconfig {
         Some(path) => {
             let kubeconfig = Kubeconfig::read_from(path)
                 .with_context(|| format!("reading kubeconfig {}", path.display()))?;
@@ -46,12 +47,34 @@ async fn client(opts: &Options) -> anyhow::Result<Client> {
             Config::from_kubeconfig(&options).await?
         }
         None => Config::infer().await?,
+    })
+}
+
+/// SIGTERM (Kubernetes stopping the pod) or Ctrl-C. The controllers watch
+/// for these themselves; this is for a replica standing by.
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
     };
-    Ok(compat::client(config)?)
+    let interrupt = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        () = terminate => {}
+        () = interrupt => {}
+    }
 }
 
 async fn run(opts: Options) -> anyhow::Result<()> {
-    let client = client(&opts).await?;
+    let config = config(&opts).await?;
+    let client = compat::client(config.clone())?;
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         user_agent = %compat::user_agent(),
@@ -101,12 +124,65 @@ async fn run(opts: Options) -> anyhow::Result<()> {
     ));
 
     let ctx = Arc::new(
-        Context::new(client.clone(), metrics, std::env::var("POD_NAME").ok())
-            .with_image_policy(images),
+        Context::new(
+            client.clone(),
+            metrics.clone(),
+            std::env::var("POD_NAME").ok(),
+        )
+        .with_image_policy(images),
     );
-    runner::run(client, &scope, ctx, opts.concurrency, ready).await;
+    let concurrency = opts.concurrency;
+    let outcome = if opts.leader_election {
+        let election = Election {
+            lease_name: opts.lease_name.clone(),
+            namespace: opts
+                .lease_namespace
+                .clone()
+                .unwrap_or_else(|| client.default_namespace().to_owned()),
+            identity: leader::identity(),
+            duration_seconds: opts.lease_duration_seconds,
+        };
+        // The Lease's own client: a renewal that hangs must fail while the
+        // lease is still valid (see `leader`), whatever the other requests
+        // may take.
+        let mut lease_config = config;
+        let timeout = Some(election.request_timeout());
+        lease_config.connect_timeout = timeout;
+        lease_config.read_timeout = timeout;
+        lease_config.write_timeout = timeout;
+        let lease_client = compat::client(lease_config)?;
+        let controllers = {
+            let ready = ready.clone();
+            move || async move { runner::run(client, &scope, ctx, concurrency, ready).await }
+        };
+        leader::run(
+            lease_client,
+            &election,
+            &metrics,
+            &ready,
+            shutdown_signal(),
+            controllers,
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "leader election on Lease {}/{}: may this account get, create and patch Leases there (chart: leaderElection)? --leader-election=false runs without one",
+                election.namespace, election.lease_name
+            )
+        })?
+    } else {
+        tracing::warn!("leader election is off: run exactly one replica");
+        metrics.set_leader(true);
+        runner::run(client, &scope, ctx, concurrency, ready.clone()).await;
+        Outcome::Finished
+    };
     tracing::info!("controller stopped; shutting down");
     let _ = stop_tx.send(true);
     let _ = http.await;
-    Ok(())
+    match outcome {
+        Outcome::LostLeadership(reason) => Err(anyhow::anyhow!(
+            "lost the leader Lease ({reason}): exiting so that Kubernetes restarts this replica as a follower"
+        )),
+        Outcome::Finished | Outcome::Shutdown => Ok(()),
+    }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
@@ -58,6 +59,9 @@ pub struct Metrics {
     pub api_calls: Family<CallLabel, Counter>,
     /// Requests of one reconcile, by verb.
     pub api_calls_per_reconcile: HistogramFamily,
+    /// 1 while this replica holds the leader Lease (or runs without leader
+    /// election), else 0: which of the replicas reconciles.
+    pub leader: Gauge,
     registry: Mutex<Registry>,
 }
 
@@ -111,6 +115,12 @@ impl Metrics {
              (zero in a steady state)",
             api_calls_per_reconcile.clone(),
         );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader Lease and reconciles, 0 while it stands by",
+            leader.clone(),
+        );
         Self {
             reconciles,
             failures,
@@ -118,6 +128,7 @@ impl Metrics {
             writes,
             api_calls,
             api_calls_per_reconcile,
+            leader,
             registry: Mutex::new(registry),
         }
     }
@@ -176,6 +187,11 @@ impl Metrics {
                 .observe(calls.get(verb).copied().unwrap_or(0) as f64);
         }
         (output, calls)
+    }
+
+    /// Sets the leader gauge.
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
     }
 
     /// The OpenMetrics text exposition.

@@ -70,3 +70,24 @@ pub fn allows(api_group: &str, resource: &str, verb: &str) -> bool {
         r.api_group == api_group && r.resources.contains(&resource) && r.verbs.contains(&verb)
     })
 }
+
+/// The rules of the leader-election Role, granted only in the Lease's
+/// namespace (a Role, never cluster-wide; the chart and
+/// `k8s/operator/rbac.yaml` also restrict `get` and `patch` to the Lease's
+/// name). kube-lease-manager reads the Lease, creates it the first time and
+/// takes, renews and releases it with patches (server-side apply and
+/// strategic merge); it never lists, watches, replaces (`update`) or deletes
+/// it. The mocked-API leader-election test checks every Lease request
+/// against these rules.
+pub const LEASE_RULES: &[Rule] = &[Rule {
+    api_group: "coordination.k8s.io",
+    resources: &["leases"],
+    verbs: &["get", "create", "patch"],
+}];
+
+/// Whether the leader-election rules allow `verb` on `resource`.
+pub fn lease_allows(api_group: &str, resource: &str, verb: &str) -> bool {
+    LEASE_RULES.iter().any(|r| {
+        r.api_group == api_group && r.resources.contains(&resource) && r.verbs.contains(&verb)
+    })
+}

@@ -15,7 +15,8 @@ use crate::metrics::Metrics;
 #[derive(Clone)]
 pub struct AppState {
     pub metrics: Arc<Metrics>,
-    /// Set once the InventorySystem cache has synced.
+    /// Set once the InventorySystem cache has synced (leader), or the
+    /// Lease was reached (a follower standing by; see [`crate::leader`]).
     pub ready: Arc<AtomicBool>,
 }
 
@@ -37,14 +38,26 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
+/// Ready: the leader once its caches have synced; a follower (leader
+/// election, standing by) as soon as it has reached the Lease — standing by
+/// is all it should do, and a NotReady follower would stall every rolling
+/// update. Which of the two it is: the body and `stockmesh_operator_leader`.
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    if state.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ready")
-    } else {
-        (
+    let leading = state.metrics.leader.get() == 1;
+    match (state.ready.load(Ordering::Relaxed), leading) {
+        (true, true) => (StatusCode::OK, "ready: leading"),
+        (true, false) => (
+            StatusCode::OK,
+            "ready: standing by (another replica holds the leader Lease)",
+        ),
+        (false, true) => (
             StatusCode::SERVICE_UNAVAILABLE,
             "waiting for the InventorySystem cache to sync",
-        )
+        ),
+        (false, false) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "waiting to reach the leader-election Lease",
+        ),
     }
 }
 
