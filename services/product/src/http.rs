@@ -122,7 +122,16 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-#[utoipa::path(get, path = "/api/products", tag = "products", params(Paging),
+/// Catalog search.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct CatalogQuery {
+    /// Only products whose name or description contains this text
+    /// (case-insensitive, at most 100 characters).
+    pub q: Option<String>,
+}
+
+#[utoipa::path(get, path = "/api/products", tag = "products", params(Paging, CatalogQuery),
     responses(
         (status = 200, description = "Live products, oldest first, with stock when inventory answers", body = ProductPage),
         (status = 400, description = "Bad paging parameters", body = ErrorBody),
@@ -131,9 +140,16 @@ pub fn router(state: AppState) -> Router {
 async fn list(
     State(state): State<AppState>,
     ApiQuery(paging): ApiQuery<Paging>,
+    ApiQuery(query): ApiQuery<CatalogQuery>,
 ) -> Result<Json<ProductPage>, ApiError> {
     let (limit, offset) = paging.bounds()?;
-    let (products, total) = state.service.list(limit, offset).await?;
+    let search = query.q.as_deref().map(str::trim).filter(|q| !q.is_empty());
+    if search.is_some_and(|q| q.chars().count() > 100) {
+        return Err(
+            ApiError::bad_request("q must be at most 100 characters").with_code("invalid_query")
+        );
+    }
+    let (products, total) = state.service.list(search, limit, offset).await?;
     let mut stock = state.service.stock_of(&products).await;
     let items = products
         .into_iter()

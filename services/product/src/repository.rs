@@ -113,20 +113,39 @@ impl ProductRepository {
         rows.iter().map(product_from_row).collect()
     }
 
-    pub async fn list(&self, limit: i64, offset: i64) -> Result<(Vec<Product>, i64), ProductError> {
+    /// Live products, oldest first; with `search`, only those whose name or
+    /// description contains it (case-insensitive, taken literally: `%` and
+    /// `_` match themselves).
+    pub async fn list(
+        &self,
+        search: Option<&str>,
+        limit: i64,
+        offset: i64,
+    ) -> Result<(Vec<Product>, i64), ProductError> {
+        const MATCHES: &str = "deleted_at IS NULL AND ($1::text IS NULL \
+             OR name ILIKE '%' || $1 || '%' ESCAPE '\\' \
+             OR description ILIKE '%' || $1 || '%' ESCAPE '\\')";
+        let pattern = search.map(|text| {
+            text.replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_")
+        });
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM products WHERE deleted_at IS NULL ORDER BY created_at, id LIMIT $1 OFFSET $2"
+            "SELECT {COLUMNS} FROM products WHERE {MATCHES} ORDER BY created_at, id LIMIT $2 OFFSET $3"
         )))
+        .bind(&pattern)
         .bind(limit)
         .bind(offset)
         .fetch_all(&self.pool)
         .instrument(db_span("select", "products"))
         .await?;
-        let total: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM products WHERE deleted_at IS NULL")
-                .fetch_one(&self.pool)
-                .instrument(db_span("select", "products"))
-                .await?;
+        let total: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) FROM products WHERE {MATCHES}"
+        )))
+        .bind(&pattern)
+        .fetch_one(&self.pool)
+        .instrument(db_span("select", "products"))
+        .await?;
         Ok((
             rows.iter()
                 .map(product_from_row)

@@ -116,8 +116,13 @@ impl ProductService {
         self.repository.by_ids(&ids).await
     }
 
-    pub async fn list(&self, limit: i64, offset: i64) -> Result<(Vec<Product>, i64), ProductError> {
-        self.repository.list(limit, offset).await
+    pub async fn list(
+        &self,
+        search: Option<&str>,
+        limit: i64,
+        offset: i64,
+    ) -> Result<(Vec<Product>, i64), ProductError> {
+        self.repository.list(search, limit, offset).await
     }
 
     /// Current stock of each product; never fails: an unreachable inventory

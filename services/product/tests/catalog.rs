@@ -309,3 +309,62 @@ async fn grpc_serves_the_order_service() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_catalog_is_searched_by_name_and_description_literally() {
+    let app = TestApp::spawn().await;
+    for (name, description) in [
+        ("Blue Mug", "ceramic"),
+        ("Teapot", "holds a mug's worth"),
+        ("100% Cotton Bag", "tote"),
+        ("Plate", "stoneware"),
+    ] {
+        let mut body = mug(name, 1);
+        body["description"] = json!(description);
+        let (status, created, _) = app
+            .call(Method::POST, "/api/products", Some(&app.admin), Some(body))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+    }
+    let names = |body: &serde_json::Value| -> Vec<String> {
+        body["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .filter_map(|p| p["name"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let (status, body, _) = app
+        .call(Method::GET, "/api/products?q=MUG", None, None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        names(&body),
+        ["Blue Mug", "Teapot"],
+        "name or description, any case"
+    );
+    assert_eq!(body["total"], 2);
+    // `%` and `_` are literal text, not wildcards.
+    let (_, body, _) = app
+        .call(Method::GET, "/api/products?q=0%25", None, None)
+        .await;
+    assert_eq!(names(&body), ["100% Cotton Bag"]);
+    let (_, body, _) = app.call(Method::GET, "/api/products?q=_", None, None).await;
+    assert_eq!(body["total"], 0, "{body}");
+    let (_, body, _) = app
+        .call(Method::GET, "/api/products?q=%20", None, None)
+        .await;
+    assert_eq!(body["total"], 4, "a blank search lists everything");
+    let long = "x".repeat(101);
+    let (status, body, _) = app
+        .call(Method::GET, &format!("/api/products?q={long}"), None, None)
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("100 characters")),
+        "{body}"
+    );
+    app.stop().await;
+}
