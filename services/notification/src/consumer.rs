@@ -52,7 +52,7 @@ use futures::stream::FuturesUnordered;
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
-    BasicRejectOptions,
+    BasicRejectOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection};
@@ -82,6 +82,8 @@ pub const BROKEN_DRAIN: Duration = Duration::from_secs(2);
 /// How often the session loop checks that its connection is still up
 /// (besides noticing it through the delivery stream).
 const LIVENESS_CHECK: Duration = Duration::from_secs(1);
+/// How often a session looks at the dead-letter queue's depth.
+const DEAD_LETTER_LOOK: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ProcessedLabels {
@@ -111,6 +113,8 @@ pub struct ConsumerMetrics {
     pub paused: Gauge,
     pub connected: Gauge,
     pub sessions: Counter,
+    /// Messages waiting in `<queue>.dead`, as last seen (-1 before the first look).
+    pub dead_letter_depth: Gauge,
 }
 
 impl ConsumerMetrics {
@@ -145,6 +149,12 @@ impl ConsumerMetrics {
             "notification_consumer_connected",
             "1 while the consumer is connected and consuming",
             this.connected.clone(),
+        );
+        this.dead_letter_depth.set(-1);
+        metrics.register(
+            "notification_dead_letter_depth",
+            "Messages waiting in the dead-letter queue, looked at every 10 s while connected (-1: not known yet); replay them with `notification replay-dead-letters`",
+            this.dead_letter_depth.clone(),
         );
         metrics.register(
             "notification_consumer_sessions",
@@ -206,6 +216,41 @@ async fn bounded<T>(
     match tokio::time::timeout(limit, fut).await {
         Ok(result) => Ok(result?),
         Err(_) => Err(SessionError::TimedOut(operation, limit.as_millis() as u64)),
+    }
+}
+
+/// Aborts a background task when the session that started it ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Sets `depth` to the number of messages in `dead_queue` every
+/// [`DEAD_LETTER_LOOK`], for the dashboards and the console's system page.
+async fn watch_dead_letters(probe: Channel, dead_queue: String, depth: Gauge, limit: Duration) {
+    let mut every = tokio::time::interval(DEAD_LETTER_LOOK);
+    loop {
+        every.tick().await;
+        let look = probe.queue_declare(
+            dead_queue.as_str().into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        );
+        match bounded("dead-letter depth", limit, look).await {
+            Ok(queue) => {
+                depth.set(i64::from(queue.message_count()));
+            }
+            Err(err) => {
+                tracing::debug!(error = %ErrorChain(&err), "dead-letter depth not known");
+                return;
+            }
+        }
     }
 }
 
@@ -339,6 +384,21 @@ impl Consumer {
             "consuming order events"
         );
 
+        // The dead-letter depth is looked at on a channel of its own, so a
+        // failed look can never close the consuming channel.
+        let _depth_probe = match bounded("probe channel", limit, connection.create_channel()).await
+        {
+            Ok(probe) => Some(AbortOnDrop(tokio::spawn(watch_dead_letters(
+                probe,
+                format!("{}.dead", self.config.queue),
+                self.metrics.dead_letter_depth.clone(),
+                limit,
+            )))),
+            Err(err) => {
+                tracing::warn!(error = %ErrorChain(&err), "cannot watch the dead-letter queue's depth this session");
+                None
+            }
+        };
         let gate = DatabaseGate::new(self.metrics.paused.clone());
         // Received but not started: at most `prefetch`, the broker sends no more.
         let mut waiting: VecDeque<Delivery> = VecDeque::new();

@@ -72,6 +72,15 @@ async fn poison_messages_are_dead_lettered_at_once_and_consuming_goes_on() {
     app.publish(&good).await;
     app.wait_stored(good.id).await;
 
+    // The consumer reports the dead-letter queue's depth (looked at every 10 s).
+    wait_for("the dead-letter depth to be reported", 25, || async {
+        metric(
+            &app.metrics().await,
+            "stockmesh_notification_dead_letter_depth",
+            &[],
+        ) == 4.0
+    })
+    .await;
     let dead = app.wait_dead_letters(poison.len(), 10).await;
     let expected: Vec<Vec<u8>> = poison.iter().map(|(_, p)| p.clone()).collect();
     assert_eq!(dead, expected, "dead-lettered once each, in order");
