@@ -547,6 +547,16 @@ def check_operator(docs, rules_file):
 
     sa = find(docs, "ServiceAccount")
     sa_name = sa[0]["metadata"]["name"] if sa else None
+    check_leader_election(docs, deps[0], c, sa_name)
+    # The leader-election Role is checked above; the rest are the
+    # reconciler's.
+    lease_roles = {r["metadata"]["name"] for r in find(docs, "Role") if grants_leases(r)}
+
+    def reconciler(kind):
+        if kind == "RoleBinding":
+            return [b for b in find(docs, kind) if b["roleRef"]["name"] not in lease_roles]
+        return [r for r in find(docs, kind) if r["metadata"]["name"] not in lease_roles]
+
     watched = [a.split("=", 1)[1] for a in c.get("args", []) if a.startswith("--namespace=")]
     if watched:
         # Namespaced install: a Role + RoleBinding in each watched namespace
@@ -554,8 +564,8 @@ def check_operator(docs, rules_file):
         namespaces = sorted(watched[0].split(","))
         if find(docs, "ClusterRole") or find(docs, "ClusterRoleBinding"):
             problem(f"operator watching {namespaces} still renders a ClusterRole/ClusterRoleBinding")
-        roles = {r["metadata"].get("namespace"): r for r in find(docs, "Role")}
-        bindings = {b["metadata"].get("namespace"): b for b in find(docs, "RoleBinding")}
+        roles = {r["metadata"].get("namespace"): r for r in reconciler("Role")}
+        bindings = {b["metadata"].get("namespace"): b for b in reconciler("RoleBinding")}
         if sorted(roles) != namespaces or sorted(bindings) != namespaces:
             problem(f"operator: Roles in {sorted(roles)}, RoleBindings in {sorted(bindings)}, "
                     f"want one of each in {namespaces}")
@@ -575,10 +585,88 @@ def check_operator(docs, rules_file):
         binding = find(docs, "ClusterRoleBinding")
         if not binding or not sa_name or binding[0]["subjects"][0]["name"] != sa_name:
             problem("operator: ClusterRoleBinding does not bind the operator's ServiceAccount")
-        if find(docs, "Role") or find(docs, "RoleBinding"):
+        if reconciler("Role") or reconciler("RoleBinding"):
             problem("operator: cluster-wide install renders namespaced Roles too")
     if not any(s["metadata"]["name"].endswith("-metrics") for s in find(docs, "Service")):
         problem("operator: no metrics Service")
+
+
+def grants_leases(role):
+    return any("leases" in r.get("resources", []) for r in role.get("rules", []))
+
+
+# What kube-lease-manager sends: it reads the Lease, creates it once, and
+# takes/renews/releases it with patches (operator/src/rbac.rs LEASE_RULES).
+LEASE_VERBS = {"get", "create", "patch"}
+
+
+def check_leader_election(docs, dep, c, sa_name):
+    """Leader election (issue 16 item 4): a Role in the operator's namespace
+    only, limited to the one Lease; more than one replica only with it, and
+    then a PodDisruptionBudget."""
+    args = c.get("args", [])
+    flag = [a.split("=", 1)[1] for a in args if a.startswith("--leader-election")]
+    enabled = not flag or flag[-1] == "true"  # the binary's default is on
+    replicas = dep["spec"].get("replicas", 1)
+    strategy = dep["spec"].get("strategy", {}).get("type")
+    for role in find(docs, "ClusterRole"):
+        if grants_leases(role):
+            problem(f"ClusterRole/{role['metadata']['name']} grants Leases cluster-wide "
+                    "(leader election needs a Role in the operator's namespace)")
+    lease_roles = [r for r in find(docs, "Role") if grants_leases(r)]
+    if not enabled:
+        if replicas > 1:
+            problem(f"operator: {replicas} replicas without leader election would all reconcile")
+        if strategy != "Recreate":
+            problem(f"operator without leader election: strategy {strategy}, want Recreate")
+        if lease_roles:
+            problem("operator without leader election still grants Leases")
+        return
+    names = [a.split("=", 1)[1] for a in args if a.startswith("--lease-name=")]
+    if not names:
+        problem("operator: leader election without --lease-name")
+        return
+    lease = names[-1]
+    if len(lease_roles) != 1:
+        problem(f"operator: leader election with {len(lease_roles)} namespaced Lease Roles, want 1")
+        return
+    role = lease_roles[0]
+    ns = role["metadata"].get("namespace")
+    if not ns:
+        problem(f"Role/{role['metadata']['name']}: no namespace (the Lease's, the operator's own)")
+    verbs = set()
+    for r in role.get("rules", []):
+        if r.get("apiGroups") != ["coordination.k8s.io"] or r.get("resources") != ["leases"]:
+            problem(f"Role/{role['metadata']['name']}: rule {r} grants more than Leases")
+        rv = set(r.get("verbs", []))
+        verbs |= rv
+        if rv - {"create"} and r.get("resourceNames") != [lease]:
+            problem(f"Role/{role['metadata']['name']}: {sorted(rv)} not limited to the Lease {lease} "
+                    f"(resourceNames {r.get('resourceNames')})")
+    if verbs != LEASE_VERBS:
+        problem(f"Role/{role['metadata']['name']}: verbs {sorted(verbs)}, want {sorted(LEASE_VERBS)}")
+    bindings = [b for b in find(docs, "RoleBinding") if b["roleRef"]["name"] == role["metadata"]["name"]]
+    if len(bindings) != 1 or bindings[0]["roleRef"]["kind"] != "Role":
+        problem(f"Role/{role['metadata']['name']}: not bound once by a RoleBinding")
+    else:
+        b = bindings[0]
+        subject = b["subjects"][0]
+        if b["metadata"].get("namespace") != ns:
+            problem(f"RoleBinding/{b['metadata']['name']} in {b['metadata'].get('namespace')}, its Role in {ns}")
+        if not sa_name or subject["name"] != sa_name:
+            problem(f"RoleBinding/{b['metadata']['name']} does not bind the operator's ServiceAccount")
+        elif subject.get("namespace") != ns:
+            problem(f"the Lease Role is in {ns}, the operator (its ServiceAccount) in {subject.get('namespace')}")
+    env = {e["name"]: e for e in c.get("env", [])}
+    pod_ns = env.get("POD_NAMESPACE", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
+    if pod_ns != "metadata.namespace" and not any(a.startswith("--lease-namespace=") for a in args):
+        problem("operator: the Lease's namespace is neither POD_NAMESPACE (downward API) nor --lease-namespace")
+    if replicas > 1:
+        pdbs = [p for p in find(docs, "PodDisruptionBudget")
+                if p["spec"].get("selector", {}).get("matchLabels")
+                == dep["spec"]["selector"]["matchLabels"]]
+        if len(pdbs) != 1 or pdbs[0]["spec"].get("minAvailable", 0) < 1:
+            problem(f"operator with {replicas} replicas: no PodDisruptionBudget keeping one")
 
 
 def secrets_generated(a_docs, b_docs):

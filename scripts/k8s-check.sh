@@ -14,7 +14,8 @@
 #                             NetworkPolicy edges, config hash rolls pods,
 #                             the helm test pod (loadgen image, --smoke,
 #                             admin ConfigMap/Secret refs, reaches all five),
-#                             operator RBAC
+#                             operator RBAC, the leader-election Lease Role
+#                             (namespaced, one Lease), replicas/PDB
 #   check_parity.py         chart == operator for the same configuration
 #                             (k8s/examples/full.yaml vs ci/parity-values.yaml):
 #                             ports, probes, env, security contexts, ... of
@@ -170,6 +171,27 @@ run "operator (full values): the operator is started with the watched namespaces
 sed 's/^kind: Role$/kind: ClusterRole/' "$OUT/operator-full.yaml" >"$OUT/operator-widened.yaml"
 run "operator: a namespaced install granting a ClusterRole is reported" \
     fails check operator "$OUT/operator-widened.yaml"
+# Leader election (issue 16 item 4): the Lease Role is a Role in the
+# operator's own namespace, limited to that one Lease; more than one replica
+# only with leader election, and then a PodDisruptionBudget.
+run "operator (default): leader election on, its Lease Role namespaced and limited to the Lease" \
+    bash -c "grep -q -- '--leader-election=true' '$OUT/operator-default.yaml' && grep -q -- '--lease-name=stockmesh-stockmesh-operator\$' '$OUT/operator-default.yaml'"
+run "operator (full values: 2 replicas): lease name/duration, anti-affinity, PodDisruptionBudget" \
+    bash -c "grep -q -- '--lease-name=stockmesh-operator-leader\$' '$OUT/operator-full.yaml' && grep -q -- '--lease-duration-seconds=20\$' '$OUT/operator-full.yaml' && grep -q podAntiAffinity '$OUT/operator-full.yaml' && grep -q '^kind: PodDisruptionBudget' '$OUT/operator-full.yaml'"
+sed 's/^kind: Role$/kind: ClusterRole/' "$OUT/operator-default.yaml" >"$OUT/operator-lease-cluster.yaml"
+run "operator: a Lease role granted cluster-wide is reported" \
+    bash -c "'$PY' scripts/check_rendered.py operator '$OUT/operator-lease-cluster.yaml' | grep -q 'grants Leases cluster-wide'"
+sed '/resourceNames: \[stockmesh-stockmesh-operator\]/d' "$OUT/operator-default.yaml" >"$OUT/operator-lease-any.yaml"
+run "operator: a Lease Role not limited to the one Lease is reported" \
+    bash -c "'$PY' scripts/check_rendered.py operator '$OUT/operator-lease-any.yaml' | grep -q 'not limited to the Lease'"
+sed '/^# Source: stockmesh-operator\/templates\/pdb.yaml$/,/^---$/d' "$OUT/operator-full.yaml" >"$OUT/operator-no-pdb.yaml"
+run "operator: 2 replicas without a PodDisruptionBudget are reported" \
+    bash -c "'$PY' scripts/check_rendered.py operator '$OUT/operator-no-pdb.yaml' | grep -q 'no PodDisruptionBudget'"
+run "operator: 2 replicas without leader election are refused by the chart" \
+    fails render "$OPERATOR" "$OUT/operator-no-election.yaml" --set replicas=2 --set leaderElection.enabled=false
+render "$OPERATOR" "$OUT/operator-single.yaml" --set leaderElection.enabled=false 2>/dev/null
+run "operator (leader election off): one replica, Recreate, no Lease Role" \
+    check operator "$OUT/operator-single.yaml"
 # The helm arguments skaffold's default deploy passes to the operator chart
 # (image templates replaced by sample values), so that the InventorySystem it
 # installs is checked against the CRD exactly as skaffold would make it.

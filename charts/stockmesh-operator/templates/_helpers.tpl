@@ -49,3 +49,9 @@ watchNamespace), as a JSON list; empty: the whole cluster. */}}
 {{- with .Values.watchNamespace }}{{- $list = append $list . -}}{{- end -}}
 {{- $list | uniq | sortAlpha | toJson -}}
 {{- end -}}
+
+{{/* The leader-election Lease's name (leaderElection.leaseName, default the
+full name). */}}
+{{- define "stockmesh-operator.leaseName" -}}
+{{- default (include "stockmesh-operator.fullname" .) .Values.leaderElection.leaseName -}}
+{{- end -}}
