@@ -15,8 +15,8 @@
 -- network hop and a process switch between each step.
 \set p random(1, 100)
 \set q 1
-INSERT INTO orders (id, user_id, product_id, product_name, quantity, unit_price_minor, total_minor, currency, status)
-  VALUES (gen_random_uuid(), gen_random_uuid(), ('00000000-0000-0000-0000-' || lpad(:p::text, 12, '0'))::uuid, 'p', :q, 199, 199, 'EUR', 'PENDING')
+INSERT INTO orders (id, user_id, product_id, product_name, quantity, unit_price_minor, total_minor, currency, status, trace_id)
+  VALUES (gen_random_uuid(), gen_random_uuid(), ('00000000-0000-0000-0000-' || lpad(:p::text, 12, '0'))::uuid, 'p', :q, 199, 199, 'EUR', 'PENDING', md5(random()::text))
   RETURNING id \gset o_
 BEGIN;
 INSERT INTO reservations (order_id, product_id, quantity, state)

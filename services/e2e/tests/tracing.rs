@@ -169,6 +169,21 @@ async fn one_order_is_one_trace_across_every_service() {
         }
     })
     .await;
+    // The order and the answer's header name that trace, for the console's
+    // link to Jaeger.
+    assert_eq!(
+        order.body["trace_id"].as_str(),
+        Some(root.trace_id.as_str()),
+        "the order carries its trace id: {}",
+        order.body
+    );
+    assert_eq!(
+        order
+            .headers
+            .get("x-trace-id")
+            .and_then(|v| v.to_str().ok()),
+        Some(root.trace_id.as_str())
+    );
     // Wait until the notification's database span arrived (or give up and
     // let the assertions below say what is missing).
     for _ in 0..150 {

@@ -72,6 +72,8 @@ pub struct Order {
     pub failure_reason: Option<String>,
     pub idempotency_key: Option<String>,
     pub request_hash: Option<String>,
+    /// The trace of the request that placed it, when tracing was on.
+    pub trace_id: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -88,6 +90,9 @@ pub struct OrderView {
     pub total: Money,
     pub status: OrderStatus,
     pub failure_reason: Option<String>,
+    /// W3C trace id of the request that placed the order (null when tracing
+    /// was off): look it up in Jaeger.
+    pub trace_id: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -110,6 +115,7 @@ impl From<Order> for OrderView {
             },
             status: o.status,
             failure_reason: o.failure_reason,
+            trace_id: o.trace_id,
             created_at: o.created_at,
             updated_at: o.updated_at,
         }

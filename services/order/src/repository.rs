@@ -11,7 +11,7 @@ use crate::domain::{Order, OrderFilter, OrderStatus};
 use crate::error::OrderError;
 
 const COLUMNS: &str = "id, user_id, product_id, product_name, quantity, unit_price_minor, total_minor, currency, \
-                       status, failure_reason, idempotency_key, request_hash, created_at, updated_at";
+                       status, failure_reason, idempotency_key, request_hash, trace_id, created_at, updated_at";
 
 fn order_from_row(row: &sqlx::postgres::PgRow) -> Result<Order, OrderError> {
     let status: String = row.try_get("status")?;
@@ -30,6 +30,7 @@ fn order_from_row(row: &sqlx::postgres::PgRow) -> Result<Order, OrderError> {
         failure_reason: row.try_get("failure_reason")?,
         idempotency_key: row.try_get("idempotency_key")?,
         request_hash: row.try_get("request_hash")?,
+        trace_id: row.try_get("trace_id")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
     })
@@ -72,8 +73,8 @@ impl OrderRepository {
         async {
             let inserted = sqlx::query(sqlx::AssertSqlSafe(format!(
                 "INSERT INTO orders (id, user_id, product_id, product_name, quantity, unit_price_minor, total_minor, \
-                 currency, status, idempotency_key, request_hash) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'PENDING', $9, $10) \
+                 currency, status, idempotency_key, request_hash, trace_id) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'PENDING', $9, $10, $11) \
                  ON CONFLICT (user_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING \
                  RETURNING {COLUMNS}"
             )))
@@ -87,6 +88,7 @@ impl OrderRepository {
             .bind(&order.currency)
             .bind(order.idempotency_key.as_deref())
             .bind(order.request_hash.as_deref())
+            .bind(order.trace_id.as_deref())
             .fetch_optional(&self.pool)
             .await?;
             if let Some(row) = inserted {

@@ -135,6 +135,7 @@ impl OrderService {
             failure_reason: None,
             idempotency_key: idempotency_key.map(str::to_owned),
             request_hash: idempotency_key.map(|_| hash.clone()),
+            trace_id: stockmesh_platform::telemetry::current_trace_id(),
             created_at: now,
             updated_at: now,
         };
