@@ -43,7 +43,7 @@ generator reach the API).
 The store StatefulSets `<name>-postgres` and `<name>-rabbitmq` (when both
 render them): pod and container securityContext, the writable mounts (the
 paths of emptyDir and claim-template volumes; the root filesystem is
-read-only, operator/src/resources.rs STORE_WRITABLE_PATHS lists what the
+read-only, operator/src/resources/stores.rs STORE_WRITABLE_PATHS lists what the
 images write and the operator's manifest tests hold it to its mounts) and
 the environment that points the images at those paths (PGDATA,
 RABBITMQ_LOGS, RABBITMQ_LOG_BASE). Their other settings (probes, how the

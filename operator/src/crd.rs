@@ -286,112 +286,8 @@ pub struct PostgresSpec {
 impl PostgresSpec {
     /// The managed settings in effect, `None` in external mode.
     pub fn effective_managed(&self) -> Option<ManagedPostgres> {
-        match (&self.managed, &self.external) {
-            (_, Some(_)) => None,
-            (Some(m), None) => Some(m.clone()),
-            (None, None) => Some(ManagedPostgres::default()),
-        }
+        effective_managed(&self.managed, &self.external)
     }
-}
-
-/// A PostgreSQL StatefulSet managed by the operator.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ManagedPostgres {
-    /// PostgreSQL image (the official image layout: `docker-entrypoint-initdb.d`,
-    /// `POSTGRES_USER`, `POSTGRES_PASSWORD`, `PGDATA`).
-    #[serde(default = "default_postgres_image")]
-    #[schemars(length(min = 1, max = 256))]
-    pub image: String,
-    /// Size of the data volume (PersistentVolumeClaim).
-    #[serde(default = "default_postgres_storage")]
-    #[schemars(regex(pattern = QUANTITY_PATTERN))]
-    pub storage_size: String,
-    /// StorageClass of the data volume; the cluster default when unset.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 253))]
-    pub storage_class_name: Option<String>,
-    /// Keep the data volume, and the credentials that open it, when the
-    /// InventorySystem is deleted. With `true` (the default) the
-    /// PersistentVolumeClaim and the generated Secrets survive deletion so a
-    /// re-created InventorySystem of the same name finds its data; with
-    /// `false` everything is deleted with it.
-    #[serde(default = "default_true")]
-    pub keep_volumes: bool,
-    /// User and group id the image runs as (999 in the official Debian image).
-    #[serde(default = "default_store_uid")]
-    #[schemars(range(min = 1, max = 2147483647))]
-    pub run_as_user: i64,
-    /// Resources of the PostgreSQL container.
-    #[serde(default = "default_postgres_resources")]
-    pub resources: ResourcesSpec,
-}
-
-impl Default for ManagedPostgres {
-    fn default() -> Self {
-        Self {
-            image: default_postgres_image(),
-            storage_size: default_postgres_storage(),
-            storage_class_name: None,
-            keep_volumes: true,
-            run_as_user: default_store_uid(),
-            resources: default_postgres_resources(),
-        }
-    }
-}
-
-fn default_postgres_image() -> String {
-    "postgres:17.6".into()
-}
-fn default_postgres_storage() -> String {
-    "8Gi".into()
-}
-fn default_postgres_resources() -> ResourcesSpec {
-    ResourcesSpec::new("100m", "256Mi", None, "1Gi")
-}
-fn default_true() -> bool {
-    true
-}
-fn default_store_uid() -> i64 {
-    999
-}
-
-/// An existing PostgreSQL, reached through URLs in a Secret.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ExternalPostgres {
-    /// The Secret (same namespace) with keys `user`, `product`, `inventory`,
-    /// `order` and `notification`, each a `postgres://` URL.
-    pub secret_ref: SecretRef,
-    /// Where the database lives, for the NetworkPolicy egress rule of the
-    /// services (an `ipBlock`); narrow it to the database's network.
-    #[serde(default = "default_any_cidr")]
-    #[schemars(regex(pattern = CIDR_PATTERN))]
-    pub cidr: String,
-    /// The database port allowed by that rule; when unset, the ports of the
-    /// URLs in the Secret (5432 where a URL names none).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 65535))]
-    pub port: Option<i32>,
-}
-
-/// An IPv4 or IPv6 network in CIDR notation (`10.0.0.0/8`, `fd00::/8`).
-pub const CIDR_PATTERN: &str = r"^[0-9A-Fa-f:.]+/[0-9]{1,3}$";
-
-fn default_any_cidr() -> String {
-    "0.0.0.0/0".into()
-}
-
-/// A reference to a Secret in the namespace of the InventorySystem.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct SecretRef {
-    /// Name of the Secret.
-    #[schemars(
-        length(min = 1, max = 253),
-        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
-    )]
-    pub name: String,
 }
 
 /// RabbitMQ: managed or external (at most one of the two).
@@ -413,84 +309,254 @@ pub struct RabbitMqSpec {
 impl RabbitMqSpec {
     /// The managed settings in effect, `None` in external mode.
     pub fn effective_managed(&self) -> Option<ManagedRabbitMq> {
-        match (&self.managed, &self.external) {
-            (_, Some(_)) => None,
-            (Some(m), None) => Some(m.clone()),
-            (None, None) => Some(ManagedRabbitMq::default()),
+        effective_managed(&self.managed, &self.external)
+    }
+}
+
+/// What tells PostgreSQL and RabbitMQ apart in the spec; the managed and
+/// external settings of both have one shape ([`ManagedStore`],
+/// [`ExternalStore`]), with these defaults and these descriptions (what
+/// `kubectl explain` prints for the fields whose meaning differs).
+pub trait StoreKind:
+    Clone + std::fmt::Debug + PartialEq + Default + JsonSchema + Send + Sync + 'static
+{
+    /// Default image of the managed store.
+    const IMAGE: &'static str;
+    /// Default size of the managed store's data volume.
+    const STORAGE: &'static str;
+    /// Descriptions of [`ManagedStore`] fields, by (camelCase) name.
+    const MANAGED_DOCS: &'static [(&'static str, &'static str)];
+    /// Descriptions of [`ExternalStore`] fields, by (camelCase) name.
+    const EXTERNAL_DOCS: &'static [(&'static str, &'static str)];
+}
+
+/// PostgreSQL (marker of [`StoreKind`]).
+#[derive(Clone, Debug, PartialEq, Default, JsonSchema)]
+pub struct Postgres;
+
+/// RabbitMQ (marker of [`StoreKind`]).
+#[derive(Clone, Debug, PartialEq, Default, JsonSchema)]
+pub struct RabbitMq;
+
+impl StoreKind for Postgres {
+    const IMAGE: &'static str = "postgres:17.6";
+    const STORAGE: &'static str = "8Gi";
+    const MANAGED_DOCS: &'static [(&'static str, &'static str)] = &[
+        (
+            "image",
+            "PostgreSQL image (the official image layout: `docker-entrypoint-initdb.d`,\n`POSTGRES_USER`, `POSTGRES_PASSWORD`, `PGDATA`).",
+        ),
+        (
+            "keepVolumes",
+            "Keep the data volume, and the credentials that open it, when the\nInventorySystem is deleted. With `true` (the default) the\nPersistentVolumeClaim and the generated Secrets survive deletion so a\nre-created InventorySystem of the same name finds its data; with\n`false` everything is deleted with it.",
+        ),
+        (
+            "runAsUser",
+            "User and group id the image runs as (999 in the official Debian image).",
+        ),
+        ("resources", "Resources of the PostgreSQL container."),
+    ];
+    const EXTERNAL_DOCS: &'static [(&'static str, &'static str)] = &[
+        (
+            "secretRef",
+            "The Secret (same namespace) with keys `user`, `product`, `inventory`,\n`order` and `notification`, each a `postgres://` URL.",
+        ),
+        (
+            "cidr",
+            "Where the database lives, for the NetworkPolicy egress rule of the\nservices (an `ipBlock`); narrow it to the database's network.",
+        ),
+        (
+            "port",
+            "The database port allowed by that rule; when unset, the ports of the\nURLs in the Secret (5432 where a URL names none).",
+        ),
+    ];
+}
+
+impl StoreKind for RabbitMq {
+    const IMAGE: &'static str = "rabbitmq:4.1";
+    const STORAGE: &'static str = "2Gi";
+    const MANAGED_DOCS: &'static [(&'static str, &'static str)] = &[
+        (
+            "image",
+            "RabbitMQ image (the official image: `RABBITMQ_DEFAULT_USER`/`_PASS`).",
+        ),
+        (
+            "keepVolumes",
+            "Keep the data volume and the broker credentials when the\nInventorySystem is deleted (default `true`), see `postgres.managed.keepVolumes`.",
+        ),
+        (
+            "runAsUser",
+            "User and group id the image runs as (999 in the official image).",
+        ),
+        ("resources", "Resources of the RabbitMQ container."),
+    ];
+    const EXTERNAL_DOCS: &'static [(&'static str, &'static str)] = &[
+        (
+            "secretRef",
+            "The Secret (same namespace) with the key `url`, an `amqp://` or\n`amqps://` URL.",
+        ),
+        (
+            "cidr",
+            "Where the broker lives, for the NetworkPolicy egress rule of order\nand notification (an `ipBlock`); narrow it to the broker's network.",
+        ),
+        (
+            "port",
+            "The broker port allowed by that rule; when unset, the port of the\nURL in the Secret (5672 for `amqp://`, 5671 for `amqps://` when it\nnames none).",
+        ),
+    ];
+}
+
+/// A PostgreSQL StatefulSet managed by the operator.
+pub type ManagedPostgres = ManagedStore<Postgres>;
+/// An existing PostgreSQL, reached through URLs in a Secret.
+pub type ExternalPostgres = ExternalStore<Postgres>;
+/// A RabbitMQ StatefulSet managed by the operator.
+pub type ManagedRabbitMq = ManagedStore<RabbitMq>;
+/// An existing RabbitMQ, reached through a URL in a Secret.
+pub type ExternalRabbitMq = ExternalStore<RabbitMq>;
+
+/// The managed settings in effect: none in external mode, the defaults
+/// when neither is set.
+fn effective_managed<K: StoreKind>(
+    managed: &Option<ManagedStore<K>>,
+    external: &Option<ExternalStore<K>>,
+) -> Option<ManagedStore<K>> {
+    match (managed, external) {
+        (_, Some(_)) => None,
+        (Some(m), None) => Some(m.clone()),
+        (None, None) => Some(ManagedStore::default()),
+    }
+}
+
+/// Sets the descriptions of the properties named in `docs`.
+fn describe(schema: &mut schemars::Schema, docs: &[(&str, &str)]) {
+    let Some(props) = schema
+        .get_mut("properties")
+        .and_then(serde_json::Value::as_object_mut)
+    else {
+        return;
+    };
+    for (field, doc) in docs {
+        if let Some(prop) = props
+            .get_mut(*field)
+            .and_then(serde_json::Value::as_object_mut)
+        {
+            prop.insert("description".into(), (*doc).into());
         }
     }
 }
 
-/// A RabbitMQ StatefulSet managed by the operator.
+fn describe_managed<K: StoreKind>(schema: &mut schemars::Schema) {
+    describe(schema, K::MANAGED_DOCS);
+}
+
+fn describe_external<K: StoreKind>(schema: &mut schemars::Schema) {
+    describe(schema, K::EXTERNAL_DOCS);
+}
+
+/// A store (PostgreSQL or RabbitMQ) run by the operator as a StatefulSet.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ManagedRabbitMq {
-    /// RabbitMQ image (the official image: `RABBITMQ_DEFAULT_USER`/`_PASS`).
-    #[serde(default = "default_rabbitmq_image")]
+#[serde(rename_all = "camelCase", bound = "")]
+#[schemars(transform = describe_managed::<K>)]
+pub struct ManagedStore<K: StoreKind> {
+    /// The store's image (described per store).
+    #[serde(default = "default_image::<K>")]
     #[schemars(length(min = 1, max = 256))]
     pub image: String,
     /// Size of the data volume (PersistentVolumeClaim).
-    #[serde(default = "default_rabbitmq_storage")]
+    #[serde(default = "default_storage::<K>")]
     #[schemars(regex(pattern = QUANTITY_PATTERN))]
     pub storage_size: String,
     /// StorageClass of the data volume; the cluster default when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub storage_class_name: Option<String>,
-    /// Keep the data volume and the broker credentials when the
-    /// InventorySystem is deleted (default `true`), see `postgres.managed.keepVolumes`.
+    /// Keep the data volume when the InventorySystem is deleted (described
+    /// per store).
     #[serde(default = "default_true")]
     pub keep_volumes: bool,
-    /// User and group id the image runs as (999 in the official image).
+    /// User and group id the image runs as (described per store).
     #[serde(default = "default_store_uid")]
     #[schemars(range(min = 1, max = 2147483647))]
     pub run_as_user: i64,
-    /// Resources of the RabbitMQ container.
-    #[serde(default = "default_rabbitmq_resources")]
+    /// Resources of the store's container (described per store).
+    #[serde(default = "default_store_resources")]
     pub resources: ResourcesSpec,
+    /// Which store.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub store: std::marker::PhantomData<K>,
 }
 
-impl Default for ManagedRabbitMq {
+impl<K: StoreKind> Default for ManagedStore<K> {
     fn default() -> Self {
         Self {
-            image: default_rabbitmq_image(),
-            storage_size: default_rabbitmq_storage(),
+            image: default_image::<K>(),
+            storage_size: default_storage::<K>(),
             storage_class_name: None,
             keep_volumes: true,
             run_as_user: default_store_uid(),
-            resources: default_rabbitmq_resources(),
+            resources: default_store_resources(),
+            store: std::marker::PhantomData,
         }
     }
 }
 
-fn default_rabbitmq_image() -> String {
-    "rabbitmq:4.1".into()
+fn default_image<K: StoreKind>() -> String {
+    K::IMAGE.into()
 }
-fn default_rabbitmq_storage() -> String {
-    "2Gi".into()
+fn default_storage<K: StoreKind>() -> String {
+    K::STORAGE.into()
 }
-fn default_rabbitmq_resources() -> ResourcesSpec {
+fn default_store_resources() -> ResourcesSpec {
     ResourcesSpec::new("100m", "256Mi", None, "1Gi")
 }
+fn default_true() -> bool {
+    true
+}
+fn default_store_uid() -> i64 {
+    999
+}
 
-/// An existing RabbitMQ, reached through a URL in a Secret.
+/// An existing store (PostgreSQL or RabbitMQ), reached through URLs in a Secret.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ExternalRabbitMq {
-    /// The Secret (same namespace) with the key `url`, an `amqp://` or
-    /// `amqps://` URL.
+#[serde(rename_all = "camelCase", bound = "")]
+#[schemars(transform = describe_external::<K>)]
+pub struct ExternalStore<K: StoreKind> {
+    /// The Secret (same namespace) with the URLs (described per store).
     pub secret_ref: SecretRef,
-    /// Where the broker lives, for the NetworkPolicy egress rule of order
-    /// and notification (an `ipBlock`); narrow it to the broker's network.
+    /// Where the store lives, for the NetworkPolicy egress rules (described
+    /// per store).
     #[serde(default = "default_any_cidr")]
     #[schemars(regex(pattern = CIDR_PATTERN))]
     pub cidr: String,
-    /// The broker port allowed by that rule; when unset, the port of the
-    /// URL in the Secret (5672 for `amqp://`, 5671 for `amqps://` when it
-    /// names none).
+    /// The port allowed by that rule (described per store).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65535))]
     pub port: Option<i32>,
+    /// Which store.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub store: std::marker::PhantomData<K>,
+}
+
+/// An IPv4 or IPv6 network in CIDR notation (`10.0.0.0/8`, `fd00::/8`).
+pub const CIDR_PATTERN: &str = r"^[0-9A-Fa-f:.]+/[0-9]{1,3}$";
+
+fn default_any_cidr() -> String {
+    "0.0.0.0/0".into()
+}
+
+/// A reference to a Secret in the namespace of the InventorySystem.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretRef {
+    /// Name of the Secret.
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
+    pub name: String,
 }
 
 /// The Ingress for the `/api/users`, `/api/products`, `/api/orders` and

@@ -1,0 +1,396 @@
+//! The managed stores, PostgreSQL and RabbitMQ: one shape for both — a
+//! single-replica StatefulSet with a data volume, a Service and a headless
+//! Service, a NetworkPolicy admitting only their clients — built by the
+//! generic functions below from what [`StoreWorkload`] says sets them apart
+//! (names, port, environment, probes, writable mounts, clients).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{
+    StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
+};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, ConfigMapVolumeSource, Container, EnvVar, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec, PodTemplateSpec, Probe, Service, ServicePort, ServiceSpec,
+    TCPSocketAction, Volume, VolumeMount, VolumeResourceRequirements,
+};
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicySpec,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde_json::{Value, json};
+
+use super::network::{dns_egress, pod_peer, tcp};
+use super::workloads::{
+    container_port, container_security_context, empty_dir, env_secret, env_value, exec_probe,
+    match_labels, mount, pod_spec, resource_requirements,
+};
+use super::{BuildError, Ctx, Desired, WriteMode, short_hash};
+use crate::crd::{ManagedStore, Postgres, RabbitMq, StoreKind};
+use crate::names::{self, Svc};
+
+/// The container of a store: what differs between PostgreSQL and RabbitMQ.
+pub(super) struct StoreContainer {
+    env: Vec<EnvVar>,
+    startup: Probe,
+    liveness: Probe,
+    readiness: Probe,
+    /// Mounts besides the data volume's (see [`STORE_WRITABLE_PATHS`]).
+    mounts: Vec<VolumeMount>,
+    /// The pod's volumes (the data volume is the claim template's).
+    volumes: Vec<Volume>,
+    /// Annotations of the pod template (a change rolls the pod).
+    annotations: Option<BTreeMap<String, String>>,
+}
+
+/// What sets a managed store apart; everything else is [`statefulset`],
+/// [`service`] and [`network_policy`].
+pub(super) trait StoreWorkload: StoreKind {
+    /// `app.kubernetes.io/component`, the container's name.
+    const COMPONENT: &'static str;
+    const PORT: i32;
+    const PORT_NAME: &'static str;
+    /// Where the data volume is mounted.
+    const DATA_PATH: &'static str;
+    /// The services that connect to it (the NetworkPolicy's peers).
+    const CLIENTS: &'static [Svc];
+    /// The StatefulSet, its Service, its Secret.
+    fn name(instance: &str) -> String;
+    fn headless(instance: &str) -> String;
+    fn container(ctx: &Ctx<'_>) -> StoreContainer;
+}
+
+/// Where the stores write, with a read-only root filesystem: every path
+/// below is a volume (the data PVC or an emptyDir), and the manifest tests
+/// and the chart parity check hold both renderers to this list.
+///
+/// PostgreSQL (official image, docker-library/postgres `docker-entrypoint.sh`):
+/// `PGDATA` (a subdirectory of the data volume, which has `lost+found`);
+/// `/var/run/postgresql`, the socket and its lock file; `/tmp`, where the
+/// entrypoint's here-documents and, for a uid without a passwd entry, its
+/// nss_wrapper files go. Nothing else: the server writes only to `PGDATA`
+/// and the socket directory, dynamic shared memory uses `/dev/shm` (a tmpfs
+/// of the runtime, not the root filesystem).
+///
+/// RabbitMQ (official image, docker-library/rabbitmq: `HOME` and
+/// `RABBITMQ_DATA_DIR` are `/var/lib/rabbitmq`): `/var/lib/rabbitmq`, the
+/// Erlang cookie, the Mnesia/Khepri data, the PID file and the expanded
+/// plugins; `RABBITMQ_LOG_BASE` (`/var/log/rabbitmq`), where RabbitMQ
+/// always opens `<node>_upgrade.log` (the upgrade log category is a file
+/// whatever the main log output) and the Erlang VM writes `erl_crash.dump`;
+/// `/tmp` (`/tmp/rabbitmq-ssl` in the image). `RABBITMQ_LOGS=-` sends the
+/// main log to standard output for images whose configuration logs to a
+/// file (Debian's package does; the official image's `10-defaults.conf`
+/// sets `log.console = true`).
+pub const STORE_WRITABLE_PATHS: [(&str, &[&str]); 2] = [
+    (
+        "postgres",
+        &[POSTGRES_PGDATA, "/var/run/postgresql", "/tmp"],
+    ),
+    (
+        "rabbitmq",
+        &["/var/lib/rabbitmq", RABBITMQ_LOG_BASE, "/tmp"],
+    ),
+];
+
+/// `PGDATA` of the managed PostgreSQL.
+pub const POSTGRES_PGDATA: &str = "/var/lib/postgresql/data/pgdata";
+/// `RABBITMQ_LOG_BASE` of the managed RabbitMQ (an emptyDir).
+pub const RABBITMQ_LOG_BASE: &str = "/var/log/rabbitmq";
+
+/// The init script creating one role and one database per service. It runs
+/// once, when the official postgres image initialises an empty data
+/// directory; passwords come from environment variables sourced from the
+/// `<name>-<service>-db` Secrets, never from this ConfigMap.
+pub const POSTGRES_INIT_SCRIPT: &str = r#"#!/bin/bash
+# Generated by stockmesh-operator. Creates one role and one database per
+# stockmesh service; the passwords come from the environment
+# (STOCKMESH_<SERVICE>_DB_PASSWORD, from the Secrets <name>-<service>-db).
+set -euo pipefail
+for svc in user product inventory order notification; do
+  var="STOCKMESH_${svc^^}_DB_PASSWORD"
+  role="stockmesh_${svc}"
+  psql -v ON_ERROR_STOP=1 --no-password --username "$POSTGRES_USER" --dbname postgres \
+    --set=role="$role" --set=pw="${!var}" <<'SQL'
+CREATE ROLE :"role" LOGIN PASSWORD :'pw';
+CREATE DATABASE :"role" OWNER :"role";
+REVOKE ALL ON DATABASE :"role" FROM PUBLIC;
+SQL
+done
+"#;
+
+/// `<name>-postgres-init`: the init script, mounted into PostgreSQL.
+pub(super) fn postgres_init_config_map(ctx: &Ctx<'_>) -> ConfigMap {
+    ConfigMap {
+        metadata: ctx.meta(&names::postgres_init(&ctx.name), Postgres::COMPONENT),
+        data: Some(BTreeMap::from([(
+            "10-stockmesh-databases.sh".to_owned(),
+            POSTGRES_INIT_SCRIPT.to_owned(),
+        )])),
+        ..Default::default()
+    }
+}
+
+impl StoreWorkload for Postgres {
+    const COMPONENT: &'static str = "postgres";
+    const PORT: i32 = names::POSTGRES_PORT;
+    const PORT_NAME: &'static str = "postgres";
+    const DATA_PATH: &'static str = "/var/lib/postgresql/data";
+    const CLIENTS: &'static [Svc] = &Svc::ALL;
+
+    fn name(instance: &str) -> String {
+        names::postgres(instance)
+    }
+
+    fn headless(instance: &str) -> String {
+        names::postgres_headless(instance)
+    }
+
+    fn container(ctx: &Ctx<'_>) -> StoreContainer {
+        let superuser = names::postgres(&ctx.name);
+        let mut env = vec![
+            env_secret("POSTGRES_USER", &superuser, "username"),
+            env_secret("POSTGRES_PASSWORD", &superuser, "password"),
+            env_value("PGDATA", POSTGRES_PGDATA),
+        ];
+        for svc in Svc::ALL {
+            env.push(env_secret(
+                &format!("STOCKMESH_{}_DB_PASSWORD", svc.as_str().to_uppercase()),
+                &names::db_secret(&ctx.name, svc),
+                "password",
+            ));
+        }
+        let ready = [
+            "pg_isready",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            "5432",
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+        ];
+        StoreContainer {
+            env,
+            startup: exec_probe(&ready, 5, 5, 60),
+            liveness: exec_probe(&ready, 10, 5, 6),
+            readiness: exec_probe(&ready, 5, 5, 3),
+            mounts: vec![
+                mount("init", "/docker-entrypoint-initdb.d", true),
+                mount("run", "/var/run/postgresql", false),
+                mount("tmp", "/tmp", false),
+            ],
+            volumes: vec![
+                Volume {
+                    name: "init".to_owned(),
+                    config_map: Some(ConfigMapVolumeSource {
+                        name: names::postgres_init(&ctx.name),
+                        default_mode: Some(0o555),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                empty_dir("run", None),
+                empty_dir("tmp", None),
+            ],
+            // A changed init script rolls the pod.
+            annotations: Some(BTreeMap::from([(
+                names::CONFIG_HASH_ANNOTATION.to_owned(),
+                short_hash(&json!(POSTGRES_INIT_SCRIPT)),
+            )])),
+        }
+    }
+}
+
+impl StoreWorkload for RabbitMq {
+    const COMPONENT: &'static str = "rabbitmq";
+    const PORT: i32 = names::AMQP_PORT;
+    const PORT_NAME: &'static str = "amqp";
+    const DATA_PATH: &'static str = "/var/lib/rabbitmq";
+    const CLIENTS: &'static [Svc] = &[Svc::Order, Svc::Notification];
+
+    fn name(instance: &str) -> String {
+        names::rabbitmq(instance)
+    }
+
+    fn headless(instance: &str) -> String {
+        names::rabbitmq_headless(instance)
+    }
+
+    fn container(ctx: &Ctx<'_>) -> StoreContainer {
+        let secret = names::rabbitmq(&ctx.name);
+        let ping = ["rabbitmq-diagnostics", "-q", "ping"];
+        StoreContainer {
+            env: vec![
+                env_secret("RABBITMQ_DEFAULT_USER", &secret, "username"),
+                env_secret("RABBITMQ_DEFAULT_PASS", &secret, "password"),
+                env_value("RABBITMQ_LOGS", "-"),
+                env_value("RABBITMQ_LOG_BASE", RABBITMQ_LOG_BASE),
+            ],
+            startup: exec_probe(&ping, 10, 10, 30),
+            liveness: exec_probe(&ping, 30, 15, 3),
+            readiness: Probe {
+                tcp_socket: Some(TCPSocketAction {
+                    port: IntOrString::String(Self::PORT_NAME.to_owned()),
+                    ..Default::default()
+                }),
+                period_seconds: Some(10),
+                failure_threshold: Some(3),
+                ..Default::default()
+            },
+            mounts: vec![
+                mount("logs", RABBITMQ_LOG_BASE, false),
+                mount("tmp", "/tmp", false),
+            ],
+            volumes: vec![empty_dir("logs", None), empty_dir("tmp", None)],
+            annotations: None,
+        }
+    }
+}
+
+/// The store's StatefulSet: one replica, its data on a claim template
+/// (kept or deleted with the InventorySystem per `keepVolumes`).
+fn statefulset<K: StoreWorkload>(ctx: &Ctx<'_>, store: &ManagedStore<K>) -> StatefulSet {
+    let c = K::container(ctx);
+    let mut mounts = vec![mount("data", K::DATA_PATH, false)];
+    mounts.extend(c.mounts);
+    let container = Container {
+        name: K::COMPONENT.to_owned(),
+        image: Some(store.image.clone()),
+        image_pull_policy: Some("IfNotPresent".to_owned()),
+        ports: Some(vec![container_port(K::PORT_NAME, K::PORT)]),
+        env: Some(c.env),
+        startup_probe: Some(c.startup),
+        liveness_probe: Some(c.liveness),
+        readiness_probe: Some(c.readiness),
+        resources: Some(resource_requirements(&store.resources)),
+        security_context: Some(container_security_context()),
+        volume_mounts: Some(mounts),
+        ..Default::default()
+    };
+    let claim = PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some("data".to_owned()),
+            ..Default::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".to_owned()]),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([(
+                    "storage".to_owned(),
+                    Quantity(store.storage_size.clone()),
+                )])),
+                ..Default::default()
+            }),
+            storage_class_name: store.storage_class_name.clone(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    StatefulSet {
+        metadata: ctx.meta(&K::name(&ctx.name), K::COMPONENT),
+        spec: Some(StatefulSetSpec {
+            service_name: Some(K::headless(&ctx.name)),
+            replicas: Some(1),
+            selector: match_labels(names::selector_labels(&ctx.name, K::COMPONENT)),
+            persistent_volume_claim_retention_policy: Some(
+                StatefulSetPersistentVolumeClaimRetentionPolicy {
+                    when_deleted: Some(
+                        if store.keep_volumes {
+                            "Retain"
+                        } else {
+                            "Delete"
+                        }
+                        .into(),
+                    ),
+                    when_scaled: Some("Retain".to_owned()),
+                },
+            ),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(names::labels(&ctx.name, K::COMPONENT)),
+                    annotations: c.annotations,
+                    ..Default::default()
+                }),
+                spec: Some(pod_spec(store.run_as_user, 60, container, c.volumes)),
+            },
+            volume_claim_templates: Some(vec![claim]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The StatefulSet as applied: k8s-openapi writes `apiVersion`/`kind` into
+/// each claim template (a PersistentVolumeClaim); the operator has always
+/// applied the templates without them, as the chart renders them, so they
+/// are left out and the applied object (and its applied-hash) stays as it
+/// was.
+pub(super) fn statefulset_desired<K: StoreWorkload>(
+    ctx: &Ctx<'_>,
+    store: &ManagedStore<K>,
+) -> Result<Desired, BuildError> {
+    let mut d = Desired::of(WriteMode::Apply, &statefulset(ctx, store))?;
+    if let Some(Value::Array(templates)) = d.object.pointer_mut("/spec/volumeClaimTemplates") {
+        for t in templates.iter_mut().filter_map(Value::as_object_mut) {
+            t.remove("apiVersion");
+            t.remove("kind");
+        }
+    }
+    Ok(d)
+}
+
+/// The store's Service (`headless: false`, a ClusterIP the services connect
+/// to) or the StatefulSet's headless governing Service.
+pub(super) fn service<K: StoreWorkload>(ctx: &Ctx<'_>, headless: bool) -> Service {
+    let name = if headless {
+        K::headless(&ctx.name)
+    } else {
+        K::name(&ctx.name)
+    };
+    Service {
+        metadata: ctx.meta(&name, K::COMPONENT),
+        spec: Some(ServiceSpec {
+            type_: (!headless).then(|| "ClusterIP".to_owned()),
+            cluster_ip: headless.then(|| "None".to_owned()),
+            publish_not_ready_addresses: headless.then_some(true),
+            selector: Some(names::selector_labels(&ctx.name, K::COMPONENT)),
+            ports: Some(vec![ServicePort {
+                name: Some(K::PORT_NAME.to_owned()),
+                port: K::PORT,
+                target_port: Some(IntOrString::String(K::PORT_NAME.to_owned())),
+                protocol: Some("TCP".to_owned()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Ingress from the store's clients on its port; egress to DNS only.
+pub(super) fn network_policy<K: StoreWorkload>(ctx: &Ctx<'_>) -> NetworkPolicy {
+    NetworkPolicy {
+        metadata: ctx.meta(&K::name(&ctx.name), K::COMPONENT),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(match_labels(names::selector_labels(
+                &ctx.name,
+                K::COMPONENT,
+            ))),
+            policy_types: Some(vec!["Ingress".to_owned(), "Egress".to_owned()]),
+            ingress: Some(vec![NetworkPolicyIngressRule {
+                from: Some(
+                    K::CLIENTS
+                        .iter()
+                        .map(|c| pod_peer(ctx, c.as_str()))
+                        .collect(),
+                ),
+                ports: Some(vec![tcp(K::PORT)]),
+            }]),
+            egress: Some(vec![dns_egress()]),
+        }),
+    }
+}
