@@ -18,6 +18,7 @@ inventory_http="${INVENTORY_HTTP_ADDR:-127.0.0.1:8083}"
 inventory_grpc="${INVENTORY_GRPC_ADDR:-127.0.0.1:50053}"
 order_http="${ORDER_HTTP_ADDR:-127.0.0.1:8084}"
 notification_http="${NOTIFICATION_HTTP_ADDR:-127.0.0.1:8085}"
+web_http="${WEB_HTTP_ADDR:-127.0.0.1:8086}"
 export STOCKMESH_ADMIN_EMAIL="${STOCKMESH_ADMIN_EMAIL:-admin@stockmesh.local}"
 export STOCKMESH_ADMIN_PASSWORD="${STOCKMESH_ADMIN_PASSWORD:-stockmesh-admin}"
 
@@ -37,7 +38,8 @@ check_ports() {
     "$inventory_http INVENTORY_HTTP_ADDR inventory-HTTP" \
     "$inventory_grpc INVENTORY_GRPC_ADDR inventory-gRPC" \
     "$order_http ORDER_HTTP_ADDR order-HTTP" \
-    "$notification_http NOTIFICATION_HTTP_ADDR notification-HTTP"; do
+    "$notification_http NOTIFICATION_HTTP_ADDR notification-HTTP" \
+    "$web_http WEB_HTTP_ADDR web-console"; do
     read -r addr var what <<<"$spec"
     if ! python3 - "$addr" <<'PY' 2>/dev/null; then
 import socket, sys
@@ -98,11 +100,17 @@ stack_start user "HTTP_ADDR=$user_http" \
 stack_start order "HTTP_ADDR=$order_http" \
   "PRODUCT_GRPC_URL=http://$product_grpc" "INVENTORY_GRPC_URL=http://$inventory_grpc"
 stack_start notification "HTTP_ADDR=$notification_http"
+stack_start web "HTTP_ADDR=$web_http" \
+  "USER_HTTP_URL=http://$user_http" "PRODUCT_HTTP_URL=http://$product_http" \
+  "INVENTORY_HTTP_URL=http://$inventory_http" "ORDER_HTTP_URL=http://$order_http" \
+  "NOTIFICATION_HTTP_URL=http://$notification_http" \
+  ${JAEGER_UI_URL:+"JAEGER_UI_URL=$JAEGER_UI_URL"}
 stack_wait inventory "http://$inventory_http/readyz"
 stack_wait product "http://$product_http/readyz"
 stack_wait user "http://$user_http/readyz"
 stack_wait order "http://$order_http/readyz"
 stack_wait notification "http://$notification_http/readyz"
+stack_wait web "http://$web_http/readyz"
 
 # The gateway: nginx from the system's packages, as the Ingress stand-in.
 if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
@@ -129,6 +137,7 @@ http {
   upstream product { server $product_http; keepalive 32; }
   upstream order { server $order_http; keepalive 32; }
   upstream notification { server $notification_http; keepalive 32; }
+  upstream web { server $web_http; keepalive 8; }
   server {
     listen $gateway_addr;
     proxy_http_version 1.1;
@@ -140,10 +149,14 @@ http {
     location /api/products { proxy_pass http://product; }
     location /api/orders { proxy_pass http://order; }
     location /api/notifications { proxy_pass http://notification; }
-    location / {
-      default_type application/json;
-      return 404 '{"error":{"code":"not_found","message":"no such route"}}';
+    # Live notifications: events pass through at once, streams stay open.
+    location /api/notifications/stream {
+      proxy_pass http://notification;
+      proxy_buffering off;
+      proxy_read_timeout 1h;
     }
+    # Everything else is the web console (and its /api/console/...).
+    location / { proxy_pass http://web; }
   }
 }
 CONF
@@ -165,12 +178,14 @@ cat <<INFO
 
   stockmesh is running. Press Ctrl-C to stop everything started here.
 
+  Web console (shop and admin):                 http://$gateway_addr/
   API (one base URL, routed like the Ingress):  http://$gateway_addr/api/...
     user       http://$user_http        (openapi: /api/users/openapi.json)
     product    http://$product_http        gRPC $product_grpc
     inventory  gRPC $inventory_grpc       health/metrics http://$inventory_http
     order      http://$order_http        (openapi: /api/orders/openapi.json)
     notification http://$notification_http  (openapi: /api/notifications/openapi.json; consumes order.* events)
+    web        http://$web_http        (the console's files and /api/console/...)
   first admin: $STOCKMESH_ADMIN_EMAIL / $STOCKMESH_ADMIN_PASSWORD
                (development defaults; set STOCKMESH_ADMIN_EMAIL / STOCKMESH_ADMIN_PASSWORD)
   logs:        $STACK_STATE/logs

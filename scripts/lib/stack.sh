@@ -54,11 +54,11 @@ stack_start() {
   shift
   mkdir -p "$STACK_STATE/logs"
   local -a env=(
-    "DATABASE_URL=$(stack_database "$svc")"
-    "AMQP_URL=$STACK_AMQP"
     "JWT_PUBLIC_KEY_FILE=$STACK_STATE/jwt/public.pem"
     "LOG_FORMAT=${LOG_FORMAT:-json}"
   )
+  # The web console keeps no data and publishes nothing.
+  if [ "$svc" != web ]; then env+=("DATABASE_URL=$(stack_database "$svc")" "AMQP_URL=$STACK_AMQP"); fi
   if [ "$svc" = user ]; then env+=("JWT_PRIVATE_KEY_FILE=$STACK_STATE/jwt/private.pem"); fi
   env "${env[@]}" "$@" "$STACK_BIN/$svc" >>"$STACK_STATE/logs/$svc.log" 2>&1 &
   STACK_PIDS+=("$!")
