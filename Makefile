@@ -3,7 +3,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 CARGO ?= cargo
 
-.PHONY: help build test run bench profile lint fmt clippy infra-up infra-down clean
+.PHONY: help build test run bench profile lint fmt clippy infra-up infra-down clean screenshots
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  \033[1m%-12s\033[0m %s\n", $$1, $$2}'
@@ -13,6 +13,10 @@ build: ## Build every crate (debug)
 
 test: ## Run every test against real PostgreSQL and RabbitMQ (started if needed)
 	scripts/test.sh
+
+screenshots: ## Run the console's browser test and write its screenshots to docs/screenshots/ (for the README)
+	env_file="$$(scripts/infra.sh up test)" && . "$$env_file" && \
+	  STOCKMESH_UPDATE_SCREENSHOTS=1 cargo test -p stockmesh-e2e --test console
 
 run: ## Run the whole system locally in the foreground (Ctrl-C stops it)
 	scripts/run.sh

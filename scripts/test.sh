@@ -11,6 +11,18 @@ cd "$(dirname "$0")/.."
 
 STOCKMESH_K8S_CHECK_STRICT=1 scripts/k8s-check.sh
 
+# The console's browser test drives Debian's chromium through its
+# chromedriver behind nginx (the Ingress stand-in): installed from the
+# system's packages when missing, like PostgreSQL and RabbitMQ.
+missing=()
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "[test] installing ${missing[*]} for the browser test" >&2
+  scripts/infra.sh install test "${missing[@]}"
+fi
+
 export STOCKMESH_INFRA_OWNER="$$"
 env_file="$(scripts/infra.sh up test)"
 results="$(mktemp)"

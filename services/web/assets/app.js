@@ -534,11 +534,13 @@ async function adminSystemPage() {
 }
 
 function serviceCard(s) {
-  const checks = s.readiness && s.readiness.checks ? Object.entries(s.readiness.checks) : [];
+  const checks = s.readiness && Array.isArray(s.readiness.checks) ? s.readiness.checks : [];
   return h("section", { class: "card", "data-service": s.name, "aria-label": s.name },
     h("h2", {}, s.name, " ", h("span", { class: s.ready ? "ok" : "bad", "data-ready": String(s.ready) }, s.ready ? "ready" : "not ready")),
     s.error ? h("p", { class: "bad" }, s.error) : null,
-    checks.length ? h("ul", {}, checks.map(([name, c]) => h("li", {}, name + ": " + (typeof c === "object" ? (c.status || JSON.stringify(c)) : String(c))))) : null,
+    checks.length ? h("ul", { class: "checks" }, checks.map((c) => h("li", { class: c.ok ? "ok" : "bad" },
+      (c.name || "check") + ": " + (c.ok ? "ok" : "failing") + (c.required === false ? " (reported, not required)" : "") +
+      (c.error ? " — " + c.error : "")))) : null,
     s.breakers.length ? h("p", {}, "Breakers: ", s.breakers.map((b) => h("span", { class: b.state === "closed" ? "ok" : "bad" }, b.upstream + " " + b.state + " "))) : null,
     s.outbox_backlog !== null && s.outbox_backlog !== undefined ? h("p", {}, "Outbox backlog: " + s.outbox_backlog) : null,
     s.dead_letter_depth !== null && s.dead_letter_depth !== undefined

@@ -74,13 +74,14 @@ impl Svc {
 }
 
 /// Every binary the end-to-end tests start: the five services and `loadgen`.
-pub const BINARIES: [&str; 6] = [
+pub const BINARIES: [&str; 7] = [
     "inventory",
     "product",
     "user",
     "order",
     "notification",
     "loadgen",
+    "web",
 ];
 
 /// The directory holding the binaries the tests start, built by this test
@@ -160,7 +161,7 @@ fn build_binaries(bin_dir: &Path) {
 /// connection churn (a rolling restart under load, in a parallel test) one
 /// of them could take a port released here before the service bound it,
 /// and the service exited with "address in use".
-fn free_ports(n: usize) -> Vec<u16> {
+pub fn free_ports(n: usize) -> Vec<u16> {
     use std::hash::{BuildHasher, RandomState};
     let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
