@@ -84,6 +84,12 @@ pub struct State {
     /// has disabled (Kubernetes 1.26 and a StatefulSet's
     /// `/spec/persistentVolumeClaimRetentionPolicy`).
     pub drop_on_apply: Vec<(String, String)>,
+    /// Serve watches (`?watch=true`) as an API server does: the changes
+    /// since the given resourceVersion, as watch events. Off: a watch gets
+    /// the list (which the watcher cannot read, so it backs off).
+    pub serve_watches: bool,
+    /// (resourceVersion, collection, event type, object) of every change.
+    pub events: Vec<(u64, String, &'static str, Value)>,
     counter: u64,
 }
 
@@ -105,6 +111,65 @@ impl State {
 
     pub fn get_mut(&mut self, collection: &str, name: &str) -> Option<&mut Value> {
         self.objects.get_mut(collection)?.get_mut(name)
+    }
+
+    /// Records a change the test made to a stored object (a new
+    /// resourceVersion and a MODIFIED event), as the API server would.
+    pub fn touch(&mut self, collection: &str, name: &str) {
+        self.counter += 1;
+        let rv = self.counter;
+        if let Some(obj) = self.get_mut(collection, name) {
+            obj["metadata"]["resourceVersion"] = json!(rv.to_string());
+            let obj = obj.clone();
+            self.events
+                .push((rv, collection.to_owned(), "MODIFIED", obj));
+        }
+    }
+
+    fn record(&mut self, rv: &str, collection: &str, type_: &'static str, obj: &Value) {
+        if let Ok(rv) = rv.parse() {
+            self.events
+                .push((rv, collection.to_owned(), type_, obj.clone()));
+        }
+    }
+
+    /// The watch events of `collection` after resourceVersion `since`, as
+    /// the lines of a watch response.
+    fn watch_lines(&self, collection: &str, since: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (rv, c, type_, obj) in &self.events {
+            if *rv > since && c == collection {
+                let line = json!({"type": type_, "object": obj});
+                out.extend(serde_json::to_vec(&line).unwrap_or_default());
+                out.push(b'\n');
+            }
+        }
+        out
+    }
+
+    /// A watch request, when this fake serves watches: its collection and
+    /// the resourceVersion it starts after.
+    fn watch_target(&mut self, method: &Method, path: &str, query: &str) -> Option<(String, u64)> {
+        if !self.serve_watches || method != Method::GET || !query.contains("watch=true") {
+            return None;
+        }
+        let t = parse_path(path)?;
+        if t.name.is_some() {
+            return None;
+        }
+        self.calls.push(Call {
+            method: method.to_string(),
+            path: path.to_owned(),
+            query: query.to_owned(),
+            body: None,
+        });
+        self.check_rbac(&t, "watch");
+        let since = query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("resourceVersion="))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        Some((t.collection, since))
     }
 
     pub fn names(&self, collection: &str) -> Vec<String> {
@@ -208,6 +273,7 @@ impl State {
                 }
                 obj["metadata"]["resourceVersion"] = json!(rv);
                 self.insert(&t.collection, obj.clone());
+                self.record(&rv, &t.collection, "ADDED", &obj);
                 (StatusCode::CREATED, obj)
             }
             (Method::PATCH, Some(name)) if t.status => {
@@ -218,7 +284,10 @@ impl State {
                 if let Some(st) = body_json.as_ref().and_then(|b| b.get("status")) {
                     current["status"] = st.clone();
                 }
-                (StatusCode::OK, current.clone())
+                current["metadata"]["resourceVersion"] = json!(rv);
+                let current = current.clone();
+                self.record(&rv, &t.collection, "MODIFIED", &current);
+                (StatusCode::OK, current)
             }
             (Method::PATCH, Some(name)) => {
                 self.check_rbac(&t, "patch");
@@ -239,6 +308,12 @@ impl State {
                 }
                 obj["metadata"]["resourceVersion"] = json!(rv);
                 self.insert(&t.collection, obj.clone());
+                let type_ = if existing.is_some() {
+                    "MODIFIED"
+                } else {
+                    "ADDED"
+                };
+                self.record(&rv, &t.collection, type_, &obj);
                 (StatusCode::OK, obj)
             }
             (Method::DELETE, Some(name)) => {
@@ -248,7 +323,10 @@ impl State {
                     .get_mut(&t.collection)
                     .and_then(|m| m.remove(name));
                 match removed {
-                    Some(_) => status(StatusCode::OK, "", "deleted"),
+                    Some(obj) => {
+                        self.record(&rv, &t.collection, "DELETED", &obj);
+                        status(StatusCode::OK, "", "deleted")
+                    }
                     None => status(StatusCode::NOT_FOUND, "NotFound", "no such object"),
                 }
             }
@@ -356,6 +434,36 @@ impl Fake {
         let server = tokio::spawn(async move {
             while let Some((request, send)) = handle.next_request().await {
                 let (parts, body) = request.into_parts();
+                let watch = state.lock().expect("state lock").watch_target(
+                    &parts.method,
+                    parts.uri.path(),
+                    parts.uri.query().unwrap_or_default(),
+                );
+                if let Some((collection, since)) = watch {
+                    // The changes since `since`, once there are any or after
+                    // 100 ms (an empty watch: the watcher watches again).
+                    let state = state.clone();
+                    tokio::spawn(async move {
+                        let mut lines = Vec::new();
+                        for _ in 0..10 {
+                            lines = state
+                                .lock()
+                                .expect("state lock")
+                                .watch_lines(&collection, since);
+                            if !lines.is_empty() {
+                                break;
+                            }
+                            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                        }
+                        let response = Response::builder()
+                            .status(StatusCode::OK)
+                            .header("content-type", "application/json")
+                            .body(Body::from(lines))
+                            .expect("response");
+                        send.send_response(response);
+                    });
+                    continue;
+                }
                 let bytes = body.collect_bytes().await.unwrap_or_default();
                 let (code, value) = {
                     let mut st = state.lock().expect("state lock");
