@@ -259,9 +259,9 @@ impl LiveHub {
 
 /// Keeps one `LISTEN` connection to `database_url` for as long as the
 /// service runs, handing every announcement to `hub`. A lost or silent
-/// connection is replaced with a growing pause (200 ms to 5 s); after each
-/// replacement the open streams are told to resync, since announcements
-/// made meanwhile are gone.
+/// connection is replaced with a growing pause (200 ms to 5 s); whenever it
+/// starts listening, streams already open are told to resync, since
+/// announcements made before are gone for them.
 pub async fn run_listener(database_url: String, hub: LiveHub, shutdown: Shutdown) {
     let stopped = shutdown.cancelled();
     tokio::pin!(stopped);
@@ -280,10 +280,15 @@ pub async fn run_listener(database_url: String, hub: LiveHub, shutdown: Shutdown
             .map_err(|err| format!("connecting failed: {err}"))?;
             hub.metrics().listener_up.set(1);
             hub.metrics().listener_sessions.inc();
-            if !first {
+            // Streams opened before this session (the first one too: a
+            // stream may open before the replica ever listened) may have
+            // missed announcements: they fetch their list again.
+            if first {
+                tracing::info!("listening for notifications");
+            } else {
                 tracing::info!("listening for notifications again; open streams resync");
-                hub.resync_all();
             }
+            hub.resync_all();
             first = false;
             pause = Duration::from_millis(200);
             let mut probe = tokio::time::interval(PROBE_EVERY);

@@ -371,6 +371,15 @@ impl TestApp {
             app.ready_status().await == StatusCode::OK
         })
         .await;
+        // Live streams get every notification once the replica listens.
+        wait_for("the app to listen for notifications", 20, || async {
+            metric(
+                &app.metrics().await,
+                "stockmesh_notification_live_listener_up",
+                &[],
+            ) == 1.0
+        })
+        .await;
         app
     }
 
@@ -404,6 +413,14 @@ impl TestApp {
                 .send()
                 .await
                 .is_ok_and(|r| r.status() == StatusCode::OK)
+        })
+        .await;
+        wait_for("the replica to listen for notifications", 20, || async {
+            let text = match http.get(format!("http://{addr}/metrics")).send().await {
+                Ok(response) => response.text().await.unwrap_or_default(),
+                Err(_) => String::new(),
+            };
+            metric(&text, "stockmesh_notification_live_listener_up", &[]) == 1.0
         })
         .await;
         Replica {
