@@ -23,6 +23,8 @@ Exit codes: 0 every request (or smoke step) succeeded, 1 some failed,
 Examples:
     loadgen --base-url http://shop.example.com --duration 30 --concurrency 32
     loadgen --mode orders --rate 50 --duration 60 --json report.json
+    loadgen --mode live --rate 50 --notification-url http://n1:8085,http://n2:8085
+    loadgen --mode idle-streams --streams 1000 --users 63 --hold 10
     loadgen --smoke --smoke-timeout 60";
 
 const SETUP: &str = "Target and setup";
@@ -40,6 +42,12 @@ enum ModeArg {
     Orders,
     /// Every request logs a shopper in (password hashing throughput).
     Logins,
+    /// Orders, each shopper holding one live notification stream (SSE):
+    /// time from each order's 201 to its `notification` event.
+    Live,
+    /// No orders: open --streams idle notification streams, hold them for
+    /// --hold seconds, report how many got `ready` and stayed open.
+    IdleStreams,
 }
 
 /// loadgen — drive the stockmesh HTTP API like shop traffic, or (--smoke)
@@ -134,6 +142,29 @@ struct Cli {
           help_heading = TRAFFIC)]
     lag_every: u64,
 
+    /// Notification base URLs the live streams connect to, round-robin
+    /// (repeat the flag or separate by commas; default: the notification
+    /// service's URL). Used by --mode live and --mode idle-streams.
+    #[arg(long = "notification-url", env = "LOADGEN_STREAM_URLS", value_name = "URL",
+          value_delimiter = ',', action = clap::ArgAction::Append, help_heading = TRAFFIC)]
+    notification_urls: Vec<String>,
+
+    /// --mode idle-streams: how many streams to open (spread over the
+    /// shoppers, so --users × the per-user limit must cover it).
+    #[arg(long, env = "LOADGEN_STREAMS", default_value_t = 1000, value_name = "N",
+          value_parser = at_least_one, help_heading = TRAFFIC)]
+    streams: usize,
+
+    /// --mode idle-streams: how long to hold the streams open, in seconds.
+    #[arg(long, env = "LOADGEN_HOLD", default_value = "5", value_name = "SECS",
+          value_parser = seconds, help_heading = TRAFFIC)]
+    hold: Duration,
+
+    /// --mode live: an order's event not on its stream within SECS is missing.
+    #[arg(long, env = "LOADGEN_LIVE_TIMEOUT", default_value = "10", value_name = "SECS",
+          value_parser = smoke_timeout, help_heading = TRAFFIC)]
+    live_timeout: Duration,
+
     /// Instead of load: /readyz of every service with its own URL, admin
     /// login, a product with stock, a fresh shopper, one order, until the
     /// order is CONFIRMED, its notification listed and the stock down by the
@@ -166,6 +197,10 @@ pub enum Mode {
     OrdersOnly,
     /// Every request is a shopper's login: the cost of password checks.
     Logins,
+    /// Orders only, measured to their event on live streams.
+    Live,
+    /// Idle live streams held open, no requests.
+    IdleStreams,
 }
 
 /// The resolved options the run uses.
@@ -183,6 +218,11 @@ pub struct Options {
     pub duration: Duration,
     pub requests: Option<u64>,
     pub lag_every: u64,
+    /// Notification base URLs for live streams (empty: the service's URL).
+    pub notification_urls: Vec<String>,
+    pub streams: usize,
+    pub hold: Duration,
+    pub live_timeout: Duration,
     pub json: Option<String>,
     pub quiet: bool,
     /// `--smoke`: one end-to-end pass instead of load.
@@ -264,6 +304,8 @@ impl Options {
             }
             ModeArg::Orders => Mode::OrdersOnly,
             ModeArg::Logins => Mode::Logins,
+            ModeArg::Live => Mode::Live,
+            ModeArg::IdleStreams => Mode::IdleStreams,
         };
         Ok(Options {
             base_url: cli.base_url.trim_end_matches('/').to_owned(),
@@ -278,6 +320,15 @@ impl Options {
             duration: cli.duration,
             requests: cli.requests,
             lag_every: cli.lag_every,
+            notification_urls: cli
+                .notification_urls
+                .iter()
+                .map(|url| url.trim().trim_end_matches('/').to_owned())
+                .filter(|url| !url.is_empty())
+                .collect(),
+            streams: cli.streams,
+            hold: cli.hold,
+            live_timeout: cli.live_timeout,
             json: cli.json,
             quiet: cli.quiet,
             smoke: cli.smoke,
@@ -389,6 +440,38 @@ mod tests {
         assert_eq!(o.json.as_deref(), Some("/tmp/r.json"));
         assert!(o.quiet);
         assert_eq!(o.concurrency, 3, "the last value wins");
+    }
+
+    #[test]
+    fn parses_live_modes() {
+        let o = parse(&[]).expect("defaults");
+        assert!(o.notification_urls.is_empty());
+        assert_eq!((o.streams, o.hold), (1000, Duration::from_secs(5)));
+        assert_eq!(o.live_timeout, Duration::from_secs(10));
+        let o = parse(&[
+            "--mode",
+            "live",
+            "--notification-url",
+            "http://a:1/",
+            "--notification-url",
+            "http://b:2,http://c:3",
+            "--live-timeout",
+            "2",
+        ])
+        .expect("valid");
+        assert_eq!(o.mode, Mode::Live);
+        assert_eq!(
+            o.notification_urls,
+            ["http://a:1", "http://b:2", "http://c:3"],
+            "repeated and comma-separated, trailing / trimmed"
+        );
+        assert_eq!(o.live_timeout, Duration::from_secs(2));
+        let o =
+            parse(&["--mode", "idle-streams", "--streams", "7", "--hold", "0.5"]).expect("valid");
+        assert_eq!(o.mode, Mode::IdleStreams);
+        assert_eq!((o.streams, o.hold), (7, Duration::from_millis(500)));
+        assert!(parse(&["--streams", "0"]).is_err());
+        assert!(parse(&["--live-timeout", "0"]).is_err());
     }
 
     #[test]

@@ -9,6 +9,11 @@
 //! headers, so a slow order in the report can be found in Jaeger from the
 //! client's side; without it, nothing is traced or sent.
 //!
+//! `--mode live` measures live notifications instead: each shopper holds a
+//! server-sent event stream (spread over the notification replicas given)
+//! and each order's 201 is timed to its event on the stream;
+//! `--mode idle-streams` holds many idle streams open (see `live.rs`).
+//!
 //! `loadgen --smoke` is no load at all: one pass through every service
 //! (readiness, login, product, order, notification, stock) with a line per
 //! step and exit 0 only if all pass; the chart's `helm test` pod runs it
@@ -16,6 +21,7 @@
 
 mod api;
 mod config;
+mod live;
 mod report;
 mod smoke;
 
@@ -77,6 +83,14 @@ struct Shared {
     orders: AtomicU64,
     options: Options,
     lag_tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// `--mode live`: pairs orders with their events.
+    matcher: Arc<std::sync::Mutex<live::Matcher>>,
+}
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn main() -> ExitCode {
@@ -184,6 +198,9 @@ async fn cli(options: Options) -> ExitCode {
 async fn run(options: Options) -> anyhow::Result<u64> {
     let api = Api::new(&options.base_url)?;
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    if options.mode == Mode::IdleStreams {
+        return idle_streams(api, &run_id, options).await;
+    }
     eprintln!(
         "loadgen: preparing {} shoppers and {} products (users at {})",
         options.users, options.products, api.users
@@ -213,7 +230,16 @@ async fn run(options: Options) -> anyhow::Result<u64> {
         orders: AtomicU64::new(0),
         options: options.clone(),
         lag_tasks: Mutex::new(Vec::new()),
+        matcher: Arc::new(std::sync::Mutex::new(live::Matcher::new(
+            options.live_timeout,
+        ))),
     });
+    let stream_urls = stream_urls(&options, &shared.api);
+    let live = if options.mode == Mode::Live {
+        Some(open_live_streams(&shared, &stream_urls).await?)
+    } else {
+        None
+    };
 
     // Printed even with --quiet: `make profile` starts sampling on it.
     eprintln!("loadgen: running");
@@ -259,6 +285,18 @@ async fn run(options: Options) -> anyhow::Result<u64> {
         }
     }
     let elapsed = started.elapsed();
+    if let Some((streams, sweeper, _)) = &live {
+        // The last orders' events: wait for them up to the timeout.
+        let give_up = Instant::now() + options.live_timeout;
+        while lock(&shared.matcher).pending() > 0 && Instant::now() < give_up {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        sweeper.abort();
+        for stream in streams {
+            stream.abort();
+        }
+        lock(&shared.matcher).finish();
+    }
     refresher.abort();
     let lag_tasks = std::mem::take(&mut *shared.lag_tasks.lock().await);
     for task in lag_tasks {
@@ -269,22 +307,207 @@ async fn run(options: Options) -> anyhow::Result<u64> {
         eprintln!();
     }
     let stats = shared.stats.lock().await;
-    println!("{}", stats.table(elapsed));
+    let mut table = stats.table(elapsed);
     let settings = json!({
         "base_url": options.base_url, "mode": format!("{:?}", options.mode),
         "concurrency": options.concurrency, "rate": options.rate,
         "duration_seconds": options.duration.as_secs_f64(), "requests": options.requests,
         "users": options.users, "products": options.products,
     });
-    let report: Value = stats.json(elapsed, settings);
-    let text = serde_json::to_string_pretty(&report)?;
+    let mut report: Value = stats.json(elapsed, settings);
+    let mut failures = stats.error_count();
+    if let Some((streams, _, counters)) = &live {
+        let matcher = lock(&shared.matcher);
+        table.push_str(&matcher.table_line(counters, streams.len()));
+        report["live_notification"] = matcher.json(counters, streams.len(), &stream_urls);
+        failures += matcher.missing();
+    }
+    println!("{table}");
+    write_report(&options, &report)?;
+    Ok(failures)
+}
+
+fn write_report(options: &Options, report: &Value) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(report)?;
     if let Some(path) = &options.json {
         std::fs::write(path, &text)?;
         eprintln!("loadgen: report written to {path}");
     } else {
         println!("{text}");
     }
-    Ok(stats.error_count())
+    Ok(())
+}
+
+/// The notification base URLs streams connect to, round-robin.
+fn stream_urls(options: &Options, api: &Api) -> Vec<String> {
+    if options.notification_urls.is_empty() {
+        vec![api.notifications.clone()]
+    } else {
+        options.notification_urls.clone()
+    }
+}
+
+type LiveStreams = (
+    Vec<tokio::task::JoinHandle<()>>,
+    tokio::task::JoinHandle<()>,
+    Arc<live::StreamCounters>,
+);
+
+/// `--mode live`: one stream per shopper, round-robin over `urls`; returns
+/// once every stream said `ready` (an error if one did not), with the
+/// streams' tasks, the task expiring overdue orders and the counters.
+async fn open_live_streams(shared: &Arc<Shared>, urls: &[String]) -> anyhow::Result<LiveStreams> {
+    let http = live::stream_client()?;
+    let counters = Arc::new(live::StreamCounters::default());
+    let mut tasks = Vec::new();
+    let mut waiting = Vec::new();
+    for n in 0..shared.shoppers.len() {
+        let (ready, is_ready) = tokio::sync::oneshot::channel();
+        let shared2 = shared.clone();
+        tasks.push(tokio::spawn(live::follow(
+            http.clone(),
+            urls[n % urls.len()].clone(),
+            move || shared2.shoppers[n].token(),
+            shared.matcher.clone(),
+            counters.clone(),
+            ready,
+        )));
+        waiting.push(is_ready);
+    }
+    let opened = async {
+        for (n, is_ready) in waiting.into_iter().enumerate() {
+            match is_ready.await {
+                Ok(Ok(())) => {}
+                Ok(Err(failed)) => {
+                    anyhow::bail!("live stream of shopper {n} did not open: {}", failed.reason)
+                }
+                Err(_) => anyhow::bail!("live stream of shopper {n} stopped"),
+            }
+        }
+        Ok(())
+    };
+    let result = match tokio::time::timeout(Duration::from_secs(30), opened).await {
+        Ok(result) => result,
+        Err(_) => Err(anyhow::anyhow!("live streams not ready within 30 s")),
+    };
+    if let Err(err) = result {
+        for task in tasks {
+            task.abort();
+        }
+        return Err(err);
+    }
+    eprintln!(
+        "loadgen: {} live streams ready over {} notification URL(s)",
+        tasks.len(),
+        urls.len()
+    );
+    let matcher = shared.matcher.clone();
+    let sweeper = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            lock(&matcher).expire(Instant::now());
+        }
+    });
+    Ok((tasks, sweeper, counters))
+}
+
+/// `--mode idle-streams`: registers the shoppers, opens `--streams`
+/// streams spread over them and the URLs (at most 64 connecting at once),
+/// prints `loadgen: streams open` once every stream got `ready` or failed,
+/// holds them for `--hold`, then reports. Failures: streams that never got
+/// `ready` plus those that closed early.
+async fn idle_streams(api: Api, run_id: &str, options: Options) -> anyhow::Result<u64> {
+    let urls = stream_urls(&options, &api);
+    eprintln!(
+        "loadgen: preparing {} shoppers for {} idle streams over {} URL(s)",
+        options.users,
+        options.streams,
+        urls.len()
+    );
+    let mut tokens = Vec::new();
+    for n in 0..options.users {
+        tokens.push(api.shopper(run_id, n).await?.0.token);
+    }
+    let http = live::stream_client()?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let connecting = Arc::new(tokio::sync::Semaphore::new(64));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    let mut waiting = Vec::new();
+    for n in 0..options.streams {
+        let (ready, is_ready) = tokio::sync::oneshot::channel();
+        let permit = connecting.clone().acquire_owned().await?;
+        let (http, url) = (http.clone(), urls[n % urls.len()].clone());
+        let (token, stopped) = (tokens[n % tokens.len()].clone(), stopped.clone());
+        let (relay, relayed) = tokio::sync::oneshot::channel();
+        tasks.push(tokio::spawn(live::hold(http, url, token, relay, stopped)));
+        // The permit is given back once this stream is ready (or failed).
+        tokio::spawn(async move {
+            let outcome = relayed.await.unwrap_or((Duration::ZERO, Err(0)));
+            drop(permit);
+            let _ = ready.send(outcome);
+        });
+        waiting.push(is_ready);
+    }
+    let mut stats = Stats::new();
+    let mut ready = 0usize;
+    for is_ready in waiting {
+        let (took, outcome) = is_ready.await.unwrap_or((Duration::ZERO, Err(0)));
+        let status = match outcome {
+            Ok(()) => {
+                ready += 1;
+                Ok(200)
+            }
+            Err(0) => Err(()),
+            Err(status) => Ok(status),
+        };
+        stats.record("stream", took, status, &[200]);
+    }
+    let opening = started.elapsed();
+    eprintln!(
+        "loadgen: streams open ({ready} of {} ready in {:.1} s); holding {:.1} s",
+        options.streams,
+        opening.as_secs_f64(),
+        options.hold.as_secs_f64()
+    );
+    tokio::time::sleep(options.hold).await;
+    let _ = stop.send(true);
+    let mut open = 0usize;
+    let mut closed = 0usize;
+    let mut first_failure = None;
+    for task in tasks {
+        match task.await {
+            Ok(live::Held::Open) => open += 1,
+            Ok(live::Held::Closed) => closed += 1,
+            Ok(live::Held::Failed(failed)) => {
+                first_failure.get_or_insert(failed.reason);
+            }
+            Err(_) => {}
+        }
+    }
+    if let Some(reason) = first_failure {
+        eprintln!("loadgen: a stream that did not open: {reason}");
+    }
+    let mut table = stats.table(opening);
+    table.push_str(&format!(
+        "idle streams: {} requested, {ready} got `ready`, {open} still open after {:.1} s, {closed} closed early\n",
+        options.streams,
+        options.hold.as_secs_f64()
+    ));
+    println!("{table}");
+    let settings = json!({
+        "base_url": options.base_url, "mode": format!("{:?}", options.mode),
+        "users": options.users, "streams": options.streams,
+        "hold_seconds": options.hold.as_secs_f64(), "notification_urls": urls,
+    });
+    let mut report = stats.json(opening, settings);
+    report["idle_streams"] = json!({
+        "requested": options.streams, "ready": ready, "open_at_end": open,
+        "closed_early": closed, "hold_seconds": options.hold.as_secs_f64(),
+        "opening_seconds": opening.as_secs_f64(),
+    });
+    write_report(&options, &report)?;
+    Ok((options.streams - open) as u64)
 }
 
 /// The next request number, or `None` when the run is over.
@@ -301,7 +524,9 @@ fn next(shared: &Shared, deadline: Instant) -> Option<u64> {
 
 async fn one_request(shared: &Arc<Shared>, i: u64, n: u64) {
     let is_order = match shared.options.mode {
-        Mode::OrdersOnly => true,
+        Mode::OrdersOnly | Mode::Live => true,
+        // Never here: idle streams send no requests.
+        Mode::IdleStreams => return,
         Mode::Mixed { browse, order } => (i % u64::from(browse + order)) >= u64::from(browse),
         Mode::Logins => return one_login(shared, i).await,
     };
@@ -321,6 +546,7 @@ async fn one_request(shared: &Arc<Shared>, i: u64, n: u64) {
             .send()
             .await;
         let took = start.elapsed();
+        let answered = Instant::now();
         let (status, order_id) = match result {
             Ok(response) => {
                 let status = response.status().as_u16();
@@ -335,6 +561,12 @@ async fn one_request(shared: &Arc<Shared>, i: u64, n: u64) {
             .lock()
             .await
             .record("order", took, status, &[201]);
+        if shared.options.mode == Mode::Live {
+            if let (Ok(201), Some(order_id)) = (status, &order_id) {
+                lock(&shared.matcher).placed(order_id, answered);
+            }
+            return;
+        }
         let count = shared.orders.fetch_add(1, Ordering::Relaxed);
         let every = shared.options.lag_every;
         if let (Some(order_id), true) = (order_id, every > 0 && count.is_multiple_of(every)) {

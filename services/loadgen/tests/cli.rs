@@ -58,8 +58,17 @@ fn help_lists_every_flag_and_its_environment_variable() {
     ] {
         assert!(text.contains(var), "--help does not mention {var}:\n{text}");
     }
-    for mode in ["mixed", "orders", "logins"] {
+    for mode in ["mixed", "orders", "logins", "live", "idle-streams"] {
         assert!(text.contains(mode), "--help does not list mode {mode}");
+    }
+    // The live-notification measurement `make bench` runs.
+    for flag in [
+        "--notification-url",
+        "--streams",
+        "--hold",
+        "--live-timeout",
+    ] {
+        assert!(text.contains(flag), "--help does not list {flag}:\n{text}");
     }
     assert!(
         !text.contains("do-not-print-me"),
