@@ -14,7 +14,14 @@
 #  5. logins/s (password checks, the CPU-heavy request) with the hashing bound
 #     and without it (a user process whose bound is too large to bite: the
 #     service before the bound), at 4 and 32 concurrent logins, with each
-#     process's peak memory.
+#     process's peak memory;
+#  6. live notifications with a second notification replica (same database,
+#     same queue): orders at 70 % of the peak, each timed from its 201 to its
+#     event on a server-sent event stream held by its shopper (streams spread
+#     over both replicas; goal p99 <= 100 ms);
+#  7. 1,000 idle streams held by one fresh notification replica: its RSS
+#     (and anonymous RSS) before and with them open, and its
+#     stockmesh_notification_live_streams gauge.
 #
 # Results: bench/results/<date>.json and .md. Not part of `make test`.
 # Tunables: BENCH_SECONDS (per step, default 10), BENCH_PORT_BASE (default 27000,
@@ -200,6 +207,75 @@ log "logins: password checks per second, with and without the hashing bound ($se
 login_instance bounded "$((base + 91))"
 login_instance unbounded "$((base + 92))" "PASSWORD_HASH_CONCURRENCY=4096" "PASSWORD_HASH_QUEUE_MAX=4096"
 
+# ---------------------------------------------------------------- live notifications
+# A second notification replica on the same database and queue: either one
+# may consume an order's event and store its notification; PostgreSQL
+# LISTEN/NOTIFY hands it to whichever replica holds the shopper's stream.
+# One stream per shopper, the shoppers alternating between the replicas
+# (so about half the events cross replicas); orders open loop at 70 % of
+# the peak, each timed from its 201 to the chunk carrying its event.
+live_file="$STACK_STATE/live.json"
+log "live notifications: 2 notification replicas, orders at $target orders/s, 201 -> event on an SSE stream"
+stack_start notification "HTTP_ADDR=127.0.0.1:$((base + 86))" "NOTIFICATION_QUEUE=bench.notifications" "RUST_LOG=warn"
+if stack_wait notification "http://127.0.0.1:$((base + 86))/readyz"; then
+  loadgen --mode live --rate "$target" --lag-every 0 --json "$live_file" \
+    --notification-url "http://127.0.0.1:$((base + 85)),http://127.0.0.1:$((base + 86))" || true
+  log "  $(python3 -c 'import json,sys; l=json.load(open(sys.argv[1]))["live_notification"]; print("p50 %.1f ms, p99 %.1f ms, max %.1f ms, %d events, %d missing" % (l["p50_ms"], l["p99_ms"], l["max_ms"], l["count"], l["missing"]))' "$live_file" 2>/dev/null || echo "no result")"
+fi
+kill -TERM "${STACK_PIDS[-1]}" 2>/dev/null || true
+
+# ---------------------------------------------------------------- idle streams
+# 1,000 idle streams on one fresh replica, under its default limits (16 per
+# user: 63 shoppers). Memory is read once loadgen says every stream got
+# `ready`, while it holds them.
+idle_port=$((base + 87)); idle_streams=1000; idle_file="$STACK_STATE/idle-streams.json"
+idle_json="$STACK_STATE/idle-memory.json"; echo '{}' >"$idle_json"
+log "idle streams: $idle_streams on one fresh notification replica"
+stack_start notification "HTTP_ADDR=127.0.0.1:$idle_port" "NOTIFICATION_QUEUE=bench.notifications" "RUST_LOG=warn"
+if stack_wait notification "http://127.0.0.1:$idle_port/readyz"; then
+  idle_pid="${STACK_PIDS[-1]}"
+  live_gauge() { curl -fsS "http://127.0.0.1:$idle_port/metrics" | awk '$1 ~ /^stockmesh_notification_live_streams($|\{)/ { print $2; exit }'; }
+  sleep 2
+  before_rss="$(awk '/^VmRSS:/ { print $2 }' "/proc/$idle_pid/status")"
+  before_anon="$(awk '/^RssAnon:/ { print $2 }' "/proc/$idle_pid/status")"
+  before_gauge="$(live_gauge || echo null)"
+  "$STACK_BIN/loadgen" --admin-email "$admin_email" --admin-password "$admin_password" \
+    --mode idle-streams --streams "$idle_streams" --users 63 --hold 5 --quiet \
+    --notification-url "http://127.0.0.1:$idle_port" --json "$idle_file" >/dev/null 2>"$STACK_STATE/idle-streams.log" &
+  idle_loadgen=$!
+  for _ in $(seq 1200); do
+    grep -q 'loadgen: streams open' "$STACK_STATE/idle-streams.log" 2>/dev/null && break
+    kill -0 "$idle_loadgen" 2>/dev/null || break
+    sleep 0.1
+  done
+  sleep 1
+  with_rss="$(awk '/^VmRSS:/ { print $2 }' "/proc/$idle_pid/status")"
+  with_anon="$(awk '/^RssAnon:/ { print $2 }' "/proc/$idle_pid/status")"
+  with_gauge="$(live_gauge || echo null)"
+  wait "$idle_loadgen" || true
+  python3 - "$idle_json" "$idle_file" "$idle_streams" "$before_rss" "$before_anon" "${before_gauge:-null}" \
+    "$with_rss" "$with_anon" "${with_gauge:-null}" <<'PY'
+import json, sys
+out, loadgen_file, streams, before_rss, before_anon, before_gauge, with_rss, with_anon, with_gauge = sys.argv[1:]
+try:
+    idle = json.load(open(loadgen_file))["idle_streams"]
+except (OSError, ValueError, KeyError):
+    idle = {}
+mib = lambda kib: round(int(kib) / 1024, 1)
+gauge = lambda g: None if g == "null" else int(float(g))
+json.dump({
+    "streams_requested": int(streams), "ready": idle.get("ready"), "open_at_end": idle.get("open_at_end"),
+    "hold_seconds": idle.get("hold_seconds"), "opening_seconds": idle.get("opening_seconds"),
+    "rss_mib_before": mib(before_rss), "rss_mib_with_streams": mib(with_rss),
+    "anon_mib_before": mib(before_anon), "anon_mib_with_streams": mib(with_anon),
+    "anon_kib_per_stream": round((int(with_anon) - int(before_anon)) / int(streams), 1),
+    "live_streams_gauge_before": gauge(before_gauge), "live_streams_gauge_with_streams": gauge(with_gauge),
+}, open(out, "w"))
+PY
+  log "  $(python3 -c 'import json,sys; i=json.load(open(sys.argv[1])); print("RSS %s -> %s MiB, anonymous %s -> %s MiB, gauge %s, %s ready, %s open at the end" % tuple(i[k] for k in ("rss_mib_before", "rss_mib_with_streams", "anon_mib_before", "anon_mib_with_streams", "live_streams_gauge_with_streams", "ready", "open_at_end")))' "$idle_json")"
+  kill -TERM "$idle_pid" 2>/dev/null || true
+fi
+
 # ---------------------------------------------------------------- report
 rss_json="{"; ready_json="{"; anon_json="{"
 for svc in "${services[@]}"; do
@@ -208,10 +284,24 @@ for svc in "${services[@]}"; do
 done
 rss_json="${rss_json%,}}"; ready_json="${ready_json%,}}"; anon_json="${anon_json%,}}"
 python3 - "$out_dir/$stamp" "$best_ceiling" "$best_ceiling_c" "$best_c" "$best_file" "$STACK_STATE/open-70.json" \
-  "$rss_json" "$ready_json" "$seconds" "$anon_json" "${ceiling_after:-0}" "$login_json" <<'PY'
+  "$rss_json" "$ready_json" "$seconds" "$anon_json" "${ceiling_after:-0}" "$login_json" "$live_file" "$idle_json" <<'PY'
 import json, os, platform, sys
-out, ceiling_before, ceiling_c, best_c, best_file, open_file, rss, ready, seconds, anon, ceiling_after, logins_file = sys.argv[1:]
+out, ceiling_before, ceiling_c, best_c, best_file, open_file, rss, ready, seconds, anon, ceiling_after, logins_file, live_file, idle_file = sys.argv[1:]
 logins = json.load(open(logins_file))
+def load(path):
+    try:
+        return json.load(open(path))
+    except (OSError, ValueError):
+        return None
+live_run, idle = load(live_file), load(idle_file) or {}
+live = None
+if live_run and "live_notification" in live_run:
+    l, lo = live_run["live_notification"], live_run["operations"].get("order", {})
+    live = {"replicas": 2, "target_rate": live_run["settings"]["rate"], "orders_per_second": lo.get("ok_per_second"),
+            "order_p99_ms": lo.get("p99_ms"), "order_errors": live_run["errors"] - l["missing"],
+            "streams": l["streams"], "events": l["count"], "missing": l["missing"], "timeout_seconds": l["timeout_seconds"],
+            "p50_ms": l["p50_ms"], "p90_ms": l["p90_ms"], "p99_ms": l["p99_ms"], "max_ms": l["max_ms"],
+            "reconnects": l["reconnects"], "resyncs": l["resyncs"], "goal_p99_ms": 100, "goal_met": l["p99_ms"] <= 100 and l["missing"] == 0}
 before, after = float(ceiling_before), float(ceiling_after or 0)
 ceiling = (before + after) / 2 if after > 0 else before
 best = json.load(open(best_file)); open70 = json.load(open(open_file))
@@ -232,6 +322,8 @@ result = {
     "idle_rss_anon_mib": {k: round(v / 1024, 1) for k, v in json.loads(anon).items()},
     "start_to_ready_ms": json.loads(ready),
     "logins": logins,
+    "live_notifications": live,
+    "idle_streams": idle or None,
 }
 json.dump(result, open(out + ".json", "w"), indent=2)
 lag = result["stockmesh"]["notification_lag"]
@@ -265,6 +357,29 @@ Logins (password checks; closed loop, a fresh user process each):
 | user process | 4 concurrent | 32 concurrent | peak RSS (MiB) |
 |---|---|---|---|
 {login_row('bounded', 'hashing bound (default)')}{login_row('unbounded', 'no bound (before it)')}"""
+if live:
+    verdict = "met" if live["goal_met"] else "missed"
+    live_row = (f"p50 {live['p50_ms']:.1f} ms, p90 {live['p90_ms']:.1f} ms, p99 {live['p99_ms']:.1f} ms, max {live['max_ms']:.1f} ms "
+                f"(goal p99 <= 100 ms: {verdict}); {live['events']} events, {live['missing']} missing; "
+                f"{live['orders_per_second']:.0f} orders/s, order p99 {live['order_p99_ms']:.1f} ms")
+    live_label = f"open loop at {live['target_rate']} orders/s, {live['streams']} streams over 2 replicas"
+else:
+    live_row, live_label = "not measured (see the log)", "2 replicas"
+if idle.get("rss_mib_with_streams") is not None:
+    idle_row = (f"RSS {idle['rss_mib_before']} -> {idle['rss_mib_with_streams']} MiB, anonymous {idle['anon_mib_before']} -> "
+                f"{idle['anon_mib_with_streams']} MiB ({idle['anon_kib_per_stream']} KiB per stream); "
+                f"stockmesh_notification_live_streams {idle['live_streams_gauge_with_streams']}; "
+                f"{idle['ready']} got ready, {idle['open_at_end']} open after {idle['hold_seconds']} s")
+else:
+    idle_row = "not measured (see the log)"
+md += f"""
+Live notifications (server-sent events; notification replicas share the database and the queue):
+
+| measure | value |
+|---|---|
+| order 201 -> its event on a shopper's stream ({live_label}) | {live_row} |
+| {idle.get('streams_requested', 1000)} idle streams held by one replica | {idle_row} |
+"""
 open(out + ".md", "w").write(md)
 print(md)
 PY
