@@ -169,28 +169,6 @@ impl Caches {
         }
     }
 
-    /// Waits until every owned kind's watch of the scope `namespace`
-    /// (`None`: the cluster) has delivered its first list; `false` when
-    /// there is no such scope or its watches ended before listing.
-    pub async fn listed(&self, namespace: Option<&str>) -> bool {
-        let scope = self.scopes.read().ok().and_then(|scopes| {
-            scopes
-                .iter()
-                .find(|s| s.namespace.as_deref() == namespace)
-                .cloned()
-        });
-        let Some(scope) = scope else {
-            return false;
-        };
-        for cache in scope.kinds.values() {
-            let mut synced = cache.synced.clone();
-            if synced.wait_for(|s| *s).await.is_err() {
-                return false;
-            }
-        }
-        true
-    }
-
     fn scope_of(&self, ns: &str) -> Option<Arc<ScopeCache>> {
         let scopes = self.scopes.read().ok()?;
         scopes.iter().find(|s| s.covers(ns)).cloned()
@@ -282,17 +260,6 @@ mod tests {
             caches.children("b", "shop").await,
             Err(CacheError::NotWatched(_))
         ));
-    }
-
-    #[tokio::test]
-    async fn listed_once_every_kind_has_listed() {
-        let caches = Caches::default();
-        assert!(!caches.listed(Some("a")).await, "no such scope");
-        caches.prime(Some("a"), Vec::new());
-        assert!(caches.listed(Some("a")).await);
-        assert!(!caches.listed(None).await, "another scope");
-        drop(caches.register(Some("b".into())));
-        assert!(!caches.listed(Some("b")).await, "watches gone unlisted");
     }
 
     #[tokio::test]

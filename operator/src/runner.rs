@@ -74,8 +74,7 @@ pub fn systems_api(client: &Client, namespace: Option<&str>) -> Api<InventorySys
 }
 
 /// Runs the controllers of `scope` until a shutdown signal; `ready` turns
-/// true once every one of them has listed its InventorySystems and filled
-/// its caches of owned objects.
+/// true once every one of them has listed its InventorySystems.
 pub async fn run(
     client: Client,
     scope: &Scope,
@@ -86,10 +85,8 @@ pub async fn run(
     let mut controllers = Vec::new();
     let parts = scope.parts();
     // Ready once every controller has listed its InventorySystems (its
-    // first InitDone) and each owned kind's watch has listed (the caches
-    // its reconciles read). Counted from the event stream and the caches'
-    // own flags: the store's `wait_until_ready` wakes only one waiter, and
-    // the controller is one.
+    // first InitDone). Counted from the event stream: the store's
+    // `wait_until_ready` wakes only one waiter, and the controller is one.
     let unlisted = Arc::new(AtomicUsize::new(parts.len()));
     for ns in parts {
         let (reader, writer) = reflector::store::<InventorySystem>();
@@ -104,16 +101,9 @@ pub async fn run(
             .inspect(move |event| {
                 if matches!(event, Ok(watcher::Event::InitDone))
                     && !listed.swap(true, Ordering::Relaxed)
+                    && unlisted.fetch_sub(1, Ordering::Relaxed) == 1
                 {
-                    let (ctx, scope_ns) = (forget.clone(), scope_ns.clone());
-                    let (unlisted, ready) = (unlisted.clone(), ready.clone());
-                    tokio::spawn(async move {
-                        if ctx.caches().listed(scope_ns.as_deref()).await
-                            && unlisted.fetch_sub(1, Ordering::Relaxed) == 1
-                        {
-                            ready.store(true, Ordering::Relaxed);
-                        }
-                    });
+                    ready.store(true, Ordering::Relaxed);
                 }
                 // A deleted InventorySystem leaves no backoff or drift
                 // state behind (nor one deleted while no watch was open).
