@@ -37,7 +37,7 @@ use stockmesh_operator::server::{self, AppState};
 use tower::ServiceExt as _;
 
 const LEASE: &str = "stockmesh-operator";
-const LEASE_SECONDS: u64 = 2;
+const LEASE_SECONDS: u64 = 6;
 const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/";
 
 /// One request an operator sent.
@@ -421,7 +421,7 @@ async fn two_operators_one_leader_and_failover_within_the_lease() {
         .expect("one replica leads within 10 s");
     let (leader, follower) = if a.leading() { (a, b) } else { (b, a) };
     assert!(!follower.leading(), "exactly one leader");
-    let reconciled = wait_for(Duration::from_secs(20), || {
+    let reconciled = wait_for(Duration::from_secs(40), || {
         world.sent().iter().any(|c| {
             c.operator == leader.name
                 && c.method == "PATCH"
@@ -486,7 +486,7 @@ async fn two_operators_one_leader_and_failover_within_the_lease() {
             && !c.is_lease()
             && c.path.ends_with("/inventorysystems")
     };
-    wait_for(Duration::from_secs(10), || world.sent().iter().any(lists))
+    wait_for(Duration::from_secs(30), || world.sent().iter().any(lists))
         .await
         .expect("the new leader lists the InventorySystems");
     let first_read = world
@@ -519,7 +519,7 @@ async fn two_operators_one_leader_and_failover_within_the_lease() {
         .as_ref()
         .and_then(|l| l["spec"]["leaseTransitions"].as_i64());
     assert_eq!(transitions, Some(2), "taken once by each");
-    wait_for(Duration::from_secs(10), || {
+    wait_for(Duration::from_secs(30), || {
         follower.ready.load(Ordering::Relaxed)
     })
     .await
