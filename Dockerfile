@@ -3,12 +3,12 @@
 #
 #   docker build --build-arg BIN=inventory -t stockmesh/inventory:dev .
 #
-# BIN is one of user, product, inventory, order, notification,
+# BIN is one of user, product, inventory, order, notification, web,
 # stockmesh-operator (and loadgen). Stages:
 #   chef     Rust toolchain + cargo-chef
 #   planner  computes the dependency "recipe" from the manifests only
 #   builder  builds the dependencies from the recipe (a layer shared by all
-#            six images and reused until Cargo.toml/Cargo.lock change), then
+#            images and reused until Cargo.toml/Cargo.lock change), then
 #            the binary; BuildKit cache mounts keep the crate registry.
 #   runtime  distroless cc (glibc, CA certificates), user 65532, no shell.
 # No system protoc is needed: the proto crate uses protoc-bin-vendored.

@@ -51,14 +51,14 @@ clean: ## Remove build output
 
 IMAGE_REPO ?= stockmesh
 IMAGE_TAG ?= dev
-BINARIES := user product inventory order notification stockmesh-operator loadgen
+BINARIES := user product inventory order notification web stockmesh-operator loadgen
 KIND_CLUSTER ?= stockmesh
 INGRESS_NGINX_MANIFEST ?= https://raw.githubusercontent.com/kubernetes/ingress-nginx/controller-v1.12.1/deploy/static/provider/kind/deploy.yaml
 SKAFFOLD_PROFILES ?= kind
 
 .PHONY: images kind-up kind-down dev deploy e2e-k8s k8s-check k8s-tools
 
-images: ## Build the seven images with docker (IMAGE_REPO/<bin>:IMAGE_TAG; loadgen runs helm test and load Jobs)
+images: ## Build the eight images with docker (IMAGE_REPO/<bin>:IMAGE_TAG; loadgen runs helm test and load Jobs)
 	@for bin in $(BINARIES); do \
 		echo "==> $(IMAGE_REPO)/$$bin:$(IMAGE_TAG)"; \
 		DOCKER_BUILDKIT=1 docker build --build-arg BIN=$$bin \
