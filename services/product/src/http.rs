@@ -149,6 +149,13 @@ async fn list(
             ApiError::bad_request("q must be at most 100 characters").with_code("invalid_query")
         );
     }
+    // PostgreSQL text cannot hold NUL; no product name holds control characters.
+    if search.is_some_and(|q| q.chars().any(char::is_control)) {
+        return Err(
+            ApiError::bad_request("q must not contain control characters")
+                .with_code("invalid_query"),
+        );
+    }
     let (products, total) = state.service.list(search, limit, offset).await?;
     let mut stock = state.service.stock_of(&products).await;
     let items = products

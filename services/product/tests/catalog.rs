@@ -355,6 +355,14 @@ async fn the_catalog_is_searched_by_name_and_description_literally() {
         .call(Method::GET, "/api/products?q=%20", None, None)
         .await;
     assert_eq!(body["total"], 4, "a blank search lists everything");
+    let (status, body, _) = app
+        .call(Method::GET, "/api/products?q=mug%00", None, None)
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::BAD_REQUEST,
+        "a NUL is refused, not a 500: {body}"
+    );
     let long = "x".repeat(101);
     let (status, body, _) = app
         .call(Method::GET, &format!("/api/products?q={long}"), None, None)
