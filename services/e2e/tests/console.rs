@@ -19,13 +19,192 @@ use std::time::{Duration, Instant};
 use common::{Stack, Svc, binary_dir, eventually, free_ports};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use thirtyfour::prelude::*;
 
-/// A child process killed when the test ends, whatever happens.
+/// A small W3C WebDriver client over HTTP (what the test needs of it). Not
+/// a crate: the WebDriver crates turn on `serde_json/preserve_order`, which
+/// Cargo's feature unification would impose on the whole workspace.
+#[derive(Clone)]
+struct WebDriver {
+    http: reqwest::Client,
+    session: String,
+}
+
+/// A found element's WebDriver reference.
+struct WebElement {
+    driver: WebDriver,
+    id: String,
+}
+
+const ELEMENT_KEY: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+impl WebDriver {
+    async fn new(server: &str, capabilities: Value) -> Self {
+        let http = reqwest::Client::new();
+        let answer: Value = http
+            .post(format!("{server}/session"))
+            .json(&json!({ "capabilities": { "alwaysMatch": capabilities } }))
+            .send()
+            .await
+            .expect("chromedriver answers")
+            .json()
+            .await
+            .expect("a JSON answer");
+        let id = answer["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no session: {answer}"));
+        WebDriver {
+            http,
+            session: format!("{server}/session/{id}"),
+        }
+    }
+
+    /// One command; `Err` with the WebDriver error when it failed.
+    async fn command(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, String> {
+        let mut request = self.http.request(method, format!("{}{path}", self.session));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.map_err(|e| e.to_string())?;
+        let ok = response.status().is_success();
+        let answer: Value = response.json().await.map_err(|e| e.to_string())?;
+        if ok {
+            Ok(answer["value"].clone())
+        } else {
+            Err(answer["value"].to_string())
+        }
+    }
+
+    async fn goto(&self, url: String) -> Result<(), String> {
+        self.command(reqwest::Method::POST, "/url", Some(json!({ "url": url })))
+            .await
+            .map(|_| ())
+    }
+
+    async fn find(&self, css: &str) -> Result<WebElement, String> {
+        let found = self
+            .command(
+                reqwest::Method::POST,
+                "/element",
+                Some(json!({ "using": "css selector", "value": css })),
+            )
+            .await?;
+        let id = found[ELEMENT_KEY]
+            .as_str()
+            .ok_or("no element reference")?
+            .to_owned();
+        Ok(WebElement {
+            driver: self.clone(),
+            id,
+        })
+    }
+
+    async fn execute(&self, script: &str, args: Vec<Value>) -> Result<Value, String> {
+        self.command(
+            reqwest::Method::POST,
+            "/execute/sync",
+            Some(json!({ "script": script, "args": args })),
+        )
+        .await
+    }
+
+    async fn execute_async(&self, script: &str, args: Vec<Value>) -> Result<Value, String> {
+        self.command(
+            reqwest::Method::POST,
+            "/execute/async",
+            Some(json!({ "script": script, "args": args })),
+        )
+        .await
+    }
+
+    async fn screenshot(&self, path: &Path) -> Result<(), String> {
+        use base64::Engine as _;
+        let encoded = self
+            .command(reqwest::Method::GET, "/screenshot", None)
+            .await?;
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(encoded.as_str().ok_or("no screenshot data")?)
+            .map_err(|e| e.to_string())?;
+        std::fs::write(path, png).map_err(|e| e.to_string())
+    }
+
+    async fn quit(self) -> Result<(), String> {
+        self.command(reqwest::Method::DELETE, "", None)
+            .await
+            .map(|_| ())
+    }
+}
+
+impl WebElement {
+    async fn act(&self, what: &str, body: Value) -> Result<Value, String> {
+        self.driver
+            .command(
+                reqwest::Method::POST,
+                &format!("/element/{}/{what}", self.id),
+                Some(body),
+            )
+            .await
+    }
+
+    async fn clear(&self) -> Result<(), String> {
+        self.act("clear", json!({})).await.map(|_| ())
+    }
+
+    async fn send_keys(&self, text: &str) -> Result<(), String> {
+        self.act("value", json!({ "text": text })).await.map(|_| ())
+    }
+
+    async fn click(&self) -> Result<(), String> {
+        self.act("click", json!({})).await.map(|_| ())
+    }
+
+    async fn text(&self) -> Result<String, String> {
+        let text = self
+            .driver
+            .command(
+                reqwest::Method::GET,
+                &format!("/element/{}/text", self.id),
+                None,
+            )
+            .await?;
+        Ok(text.as_str().unwrap_or_default().to_owned())
+    }
+
+    async fn attr(&self, name: &str) -> Result<Option<String>, String> {
+        let value = self
+            .driver
+            .command(
+                reqwest::Method::GET,
+                &format!("/element/{}/attribute/{name}", self.id),
+                None,
+            )
+            .await?;
+        Ok(value.as_str().map(str::to_owned))
+    }
+}
+
+/// A child process stopped when the test ends, whatever happens: SIGTERM
+/// first (nginx's master then stops its workers, chromedriver its
+/// browsers), SIGKILL if it is still there after 3 s.
 struct Guard(Child);
 
 impl Drop for Guard {
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.0.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -162,30 +341,29 @@ async fn start_chromedriver(port: u16) -> Guard {
 
 /// A fresh browser (own profile, so own cookies) of `width` × `height`.
 async fn browser(driver_port: u16, width: u32, height: u32) -> WebDriver {
-    let mut caps = DesiredCapabilities::chrome();
     let chromium = find_program(&["chromium", "/usr/bin/chromium"]);
-    caps.set_binary(&chromium.to_string_lossy())
-        .expect("binary");
-    for arg in [
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--lang=en-GB",
-        &format!("--window-size={width},{height}"),
-    ] {
-        caps.add_arg(arg).expect("argument");
-    }
-    WebDriver::new(format!("http://127.0.0.1:{driver_port}"), caps)
-        .await
-        .expect("a browser session")
+    let capabilities = json!({
+        "browserName": "chrome",
+        "goog:chromeOptions": {
+            "binary": chromium.to_string_lossy(),
+            "args": [
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--lang=en-GB",
+                format!("--window-size={width},{height}"),
+            ],
+        },
+    });
+    WebDriver::new(&format!("http://127.0.0.1:{driver_port}"), capabilities).await
 }
 
 /// Waits until `css` matches an element, for at most `secs`.
 async fn element(driver: &WebDriver, css: &str, secs: u64) -> WebElement {
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
-        if let Ok(found) = driver.find(By::Css(css)).await {
+        if let Ok(found) = driver.find(css).await {
             return found;
         }
         assert!(
@@ -202,7 +380,7 @@ async fn until_script(driver: &WebDriver, script: &str, expected: Value, secs: u
     let mut last = Value::Null;
     while Instant::now() < deadline {
         if let Ok(ret) = driver.execute(script, Vec::new()).await {
-            last = ret.json().clone();
+            last = ret;
             if last == expected {
                 return;
             }
@@ -235,7 +413,6 @@ async fn fetch_status(driver: &WebDriver, method: &str, path: &str, body: Option
         .execute_async(script, args)
         .await
         .expect("script runs")
-        .json()
         .as_i64()
         .expect("a status")
 }
@@ -446,7 +623,7 @@ async fn shoppers_and_admins_use_the_console_in_a_real_browser() {
         .expect("open");
     element(&shopper, "#forbidden", 10).await;
     assert!(
-        shopper.find(By::Css("#new-name")).await.is_err(),
+        shopper.find("#new-name").await.is_err(),
         "no admin form for a shopper"
     );
     let product_id = element(
