@@ -22,8 +22,9 @@ pub const MAX_NAME_LEN: usize = 40;
 
 /// A complete stockmesh installation: PostgreSQL and RabbitMQ (managed by the
 /// operator or external), the five services (user, product, inventory, order,
-/// notification), their configuration, secrets, network policies and an
-/// optional Ingress. Every field has a default, so `spec: {}` is enough.
+/// notification), the web console, their configuration, secrets, network
+/// policies and an optional Ingress. Every field has a default, so `spec: {}`
+/// is enough.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[kube(
     group = "stockmesh.io",
@@ -36,7 +37,7 @@ pub const MAX_NAME_LEN: usize = 40;
     namespaced,
     status = "InventorySystemStatus",
     derive = "PartialEq",
-    doc = "InventorySystem is a complete stockmesh installation (PostgreSQL, RabbitMQ, the five services, their configuration, secrets, network policies and an optional Ingress) reconciled by stockmesh-operator.",
+    doc = "InventorySystem is a complete stockmesh installation (PostgreSQL, RabbitMQ, the five services, the web console, their configuration, secrets, network policies and an optional Ingress) reconciled by stockmesh-operator.",
     validation = kube::core::Rule::new("size(self.metadata.name) <= 40").message("metadata.name must be at most 40 characters (child names append suffixes such as -rabbitmq-headless)"),
     printcolumn(
         name = "Ready",
@@ -63,7 +64,8 @@ pub struct InventorySystemSpec {
     /// Where the service images come from: `<repository>/<service>:<tag>`.
     #[serde(default)]
     pub image: ImageSpec,
-    /// Replicas and resources of each of the five services.
+    /// Replicas and resources of each of the five services and of the web
+    /// console.
     #[serde(default)]
     pub services: ServicesSpec,
     /// PostgreSQL: managed by the operator (a StatefulSet, the default) or
@@ -77,7 +79,8 @@ pub struct InventorySystemSpec {
     /// `external`; setting neither means managed with defaults.
     #[serde(default)]
     pub rabbitmq: RabbitMqSpec,
-    /// An Ingress routing the `/api/...` prefixes to the services.
+    /// An Ingress routing the `/api/...` prefixes to the services and `/`
+    /// to the web console.
     #[serde(default)]
     pub ingress: IngressSpec,
     /// OpenTelemetry trace export of the services.
@@ -125,7 +128,7 @@ pub struct ImageSpec {
     #[serde(default = "default_repository")]
     #[schemars(length(min = 1, max = 200))]
     pub repository: String,
-    /// Image tag shared by the five services.
+    /// Image tag shared by the five services and the web console.
     #[serde(default = "default_tag")]
     #[schemars(
         length(min = 1, max = 128),
@@ -173,7 +176,7 @@ impl PullPolicy {
     }
 }
 
-/// Per-service settings of the five services.
+/// Per-service settings of the five services and the web console.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ServicesSpec {
@@ -192,6 +195,55 @@ pub struct ServicesSpec {
     /// The notification service.
     #[serde(default)]
     pub notification: ServiceSpec,
+    /// The web console (shop and admin pages), served under `/` of the
+    /// Ingress; on by default.
+    #[serde(default)]
+    pub web: WebSpec,
+}
+
+/// The web console (binary `web`): the browser pages under `/` of the
+/// Ingress, which call the services' public API from the browser. It has
+/// no database and no broker; it verifies the session (JWT public key) for
+/// its admin-only system page, which asks every service's `/readyz` and
+/// `/metrics` on port 8080.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WebSpec {
+    /// Run the console: a Deployment, Service, PodDisruptionBudget and
+    /// NetworkPolicy `<name>-web`, and the Ingress path `/` (the `/api/...`
+    /// prefixes of the services take precedence). `false`: the API only.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Number of pods. A PodDisruptionBudget allows one unavailable pod.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 0, max = 50))]
+    pub replicas: i32,
+    /// CPU and memory requests and limits of the console container.
+    #[serde(default = "default_web_resources")]
+    pub resources: ResourcesSpec,
+    /// The Jaeger UI the console's trace links open (`<url>/trace/<trace
+    /// id>`; `JAEGER_UI_URL`): an `http(s)://` URL or a path on the
+    /// Ingress host. No trace links when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512), regex(pattern = r"^(https?://|/)"))]
+    pub jaeger_ui_url: Option<String>,
+}
+
+impl Default for WebSpec {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            replicas: default_replicas(),
+            resources: default_web_resources(),
+            jaeger_ui_url: None,
+        }
+    }
+}
+
+/// The console serves embedded files and asks five services at a time: a
+/// smaller footprint than a service's.
+fn default_web_resources() -> ResourcesSpec {
+    ResourcesSpec::new("25m", "32Mi", None, "128Mi")
 }
 
 /// Replicas and resources of one service.
@@ -560,7 +612,8 @@ pub struct SecretRef {
 }
 
 /// The Ingress for the `/api/users`, `/api/products`, `/api/orders` and
-/// `/api/notifications` prefixes.
+/// `/api/notifications` prefixes, and `/` for the web console (when it is
+/// enabled; the longer `/api/...` prefixes take precedence).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = kube::core::Rule::new("!has(self.tlsSecretName) || has(self.host)").message("ingress.tlsSecretName needs ingress.host"))]
@@ -775,7 +828,7 @@ pub struct NetworkPolicySpec {
     #[serde(default = "default_true")]
     pub enabled: bool,
     /// Namespace of the ingress controller, allowed to reach the HTTP port
-    /// of user, product, order and notification.
+    /// of user, product, order, notification and the web console.
     #[serde(default = "default_ingress_namespace")]
     #[schemars(length(min = 1, max = 63))]
     pub ingress_controller_namespace: String,
@@ -839,8 +892,8 @@ pub struct InventorySystemStatus {
     /// Ready, DatabaseReady, BrokerReady, ServicesReady and Degraded.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
-    /// Ready and desired pods per component (postgres, rabbitmq and the five
-    /// services).
+    /// Ready and desired pods per component (postgres, rabbitmq, the five
+    /// services and web).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub components: BTreeMap<String, ComponentStatus>,
     /// Where the API is reachable (from the Ingress), when it is enabled.

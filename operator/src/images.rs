@@ -15,7 +15,6 @@
 //! other entry allows every tag of that repository (`postgres`).
 
 use crate::crd::InventorySystemSpec;
-use crate::names::Svc;
 
 /// The registries and repositories images may come from.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -88,7 +87,7 @@ impl ImagePolicy {
 
 /// Every image the spec makes the operator run, with the field it comes from.
 pub fn chosen_images(spec: &InventorySystemSpec) -> Vec<(&'static str, String)> {
-    let mut images: Vec<(&'static str, String)> = Svc::ALL
+    let mut images: Vec<(&'static str, String)> = crate::resources::deployables(spec)
         .iter()
         .map(|svc| {
             (
@@ -192,6 +191,18 @@ mod tests {
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert!(problems[0].starts_with("postgres.managed.image"));
         assert!(problems[0].contains("evil.example/postgres:16"));
+        // Five services, the web console, PostgreSQL, RabbitMQ.
+        let images = chosen_images(&spec);
+        assert_eq!(images.len(), 8);
+        assert!(images.contains(&("image.repository", "ghcr.io/stockmesh/web:1.0.0".into())));
+        // Without the console its image is not run, so not checked.
+        let mut spec = spec;
+        spec.services.web.enabled = false;
         assert_eq!(chosen_images(&spec).len(), 7);
+        assert!(
+            chosen_images(&spec)
+                .iter()
+                .all(|(_, i)| !i.contains("/web:"))
+        );
     }
 }

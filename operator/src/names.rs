@@ -7,10 +7,13 @@
 //! | Secret | `<name>-postgres`, `<name>-<service>-db`, `<name>-rabbitmq`, `<name>-jwt`, `<name>-admin` |
 //! | ConfigMap | `<name>-config`, `<name>-postgres-init` |
 //! | StatefulSet | `<name>-postgres`, `<name>-rabbitmq` |
-//! | Service | `<name>-<service>`, `<name>-product-grpc`, `<name>-inventory-grpc`, `<name>-postgres`, `<name>-postgres-headless`, `<name>-rabbitmq`, `<name>-rabbitmq-headless` |
-//! | Deployment, PodDisruptionBudget | `<name>-<service>` |
+//! | Service | `<name>-<service>`, `<name>-web`, `<name>-product-grpc`, `<name>-inventory-grpc`, `<name>-postgres`, `<name>-postgres-headless`, `<name>-rabbitmq`, `<name>-rabbitmq-headless` |
+//! | Deployment, PodDisruptionBudget | `<name>-<service>`, `<name>-web` |
 //! | Ingress | `<name>` |
-//! | NetworkPolicy | `<name>-<service>`, `<name>-postgres`, `<name>-rabbitmq` |
+//! | NetworkPolicy | `<name>-<service>`, `<name>-web`, `<name>-postgres`, `<name>-rabbitmq` |
+//!
+//! `<service>` is one of the five services (each with its own database);
+//! the web console's objects exist while `spec.services.web.enabled`.
 
 use std::collections::BTreeMap;
 
@@ -37,7 +40,7 @@ pub const GRPC_PORT: i32 = 50051;
 pub const POSTGRES_PORT: i32 = 5432;
 pub const AMQP_PORT: i32 = 5672;
 
-/// The five services.
+/// The deployables: the five services and the web console.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Svc {
     User,
@@ -45,15 +48,30 @@ pub enum Svc {
     Inventory,
     Order,
     Notification,
+    /// The web console: no database, no broker; serves the browser pages
+    /// under `/` and asks the five services' HTTP ports for its system page.
+    Web,
 }
 
 impl Svc {
+    /// The five services, each with its own database (not the console).
     pub const ALL: [Svc; 5] = [
         Svc::User,
         Svc::Product,
         Svc::Inventory,
         Svc::Order,
         Svc::Notification,
+    ];
+
+    /// Every deployable: the five services, then the web console (whether
+    /// the spec enables it is [`crate::resources::deployables`]' business).
+    pub const WITH_WEB: [Svc; 6] = [
+        Svc::User,
+        Svc::Product,
+        Svc::Inventory,
+        Svc::Order,
+        Svc::Notification,
+        Svc::Web,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -63,7 +81,13 @@ impl Svc {
             Svc::Inventory => "inventory",
             Svc::Order => "order",
             Svc::Notification => "notification",
+            Svc::Web => "web",
         }
+    }
+
+    /// Has its own PostgreSQL database and role (all but the console).
+    pub fn uses_database(self) -> bool {
+        !matches!(self, Svc::Web)
     }
 
     /// Serves gRPC on 50051 (and has a headless `-grpc` Service).
@@ -71,12 +95,14 @@ impl Svc {
         matches!(self, Svc::Product | Svc::Inventory)
     }
 
-    /// Reachable through the Ingress (all but inventory).
+    /// Reachable through the Ingress (all but inventory; the console under
+    /// `/`).
     pub fn has_public_http(self) -> bool {
         !matches!(self, Svc::Inventory)
     }
 
-    /// Verifies (and for user: issues) JWTs.
+    /// Verifies (and for user: issues) JWTs; the console verifies the
+    /// session of its admin-only system page.
     pub fn uses_jwt(self) -> bool {
         !matches!(self, Svc::Inventory)
     }
@@ -95,6 +121,15 @@ impl Svc {
         }
     }
 
+    /// Services whose HTTP port (8080: `/readyz`, `/metrics`) it calls:
+    /// the console's system page asks all five.
+    pub fn http_upstreams(self) -> &'static [Svc] {
+        match self {
+            Svc::Web => &Svc::ALL,
+            _ => &[],
+        }
+    }
+
     /// Ingress path prefix.
     pub fn api_prefix(self) -> Option<&'static str> {
         match self {
@@ -102,6 +137,7 @@ impl Svc {
             Svc::Product => Some("/api/products"),
             Svc::Order => Some("/api/orders"),
             Svc::Notification => Some("/api/notifications"),
+            Svc::Web => Some("/"),
             Svc::Inventory => None,
         }
     }

@@ -11,7 +11,7 @@ use k8s_openapi::api::networking::v1::Ingress;
 
 use crate::crd::{ComponentStatus, Condition, InventorySystem, InventorySystemStatus, Phase};
 use crate::names::{self, Svc};
-use crate::resources::desired_replicas;
+use crate::resources::{deployables, desired_replicas};
 
 pub const READY: &str = "Ready";
 pub const DATABASE_READY: &str = "DatabaseReady";
@@ -202,7 +202,8 @@ pub fn compute(
         // Services.
         let mut waiting = Vec::new();
         let mut failure = None;
-        for svc in Svc::ALL {
+        let running = deployables(spec);
+        for &svc in &running {
             let desired = desired_replicas(spec, svc);
             let d = observed.deployments.get(&names::svc_name(&name, svc));
             let (c, ok) = deployment_ready(d, desired);
@@ -221,7 +222,11 @@ pub fn compute(
                 SERVICES_READY,
                 true,
                 "DeploymentsReady",
-                "all five services are ready",
+                if running.contains(&Svc::Web) {
+                    "all five services and the web console are ready"
+                } else {
+                    "all five services are ready"
+                },
             )
         } else {
             cond(

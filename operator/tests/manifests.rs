@@ -14,7 +14,17 @@ use serde_json::Value;
 use stockmesh_operator::render::{RenderOptions, render_objects};
 use stockmesh_operator::{Desired, Kind};
 
+/// The five services (each with its own database).
 const SVCS: [&str; 5] = ["user", "product", "inventory", "order", "notification"];
+/// The Deployments of the examples: the five services and the web console.
+const DEPLOYABLES: [&str; 6] = [
+    "user",
+    "product",
+    "inventory",
+    "order",
+    "notification",
+    "web",
+];
 
 fn example(name: &str) -> String {
     let path = repo_root().join("k8s/examples").join(name);
@@ -345,10 +355,181 @@ fn deployments_follow_the_deployment_contract() {
     assert_eq!(user["spec"]["replicas"], 2, "default replicas");
 }
 
+/// The web console's Deployment: the services' pod shape (probes, drain,
+/// security, /tmp, the public JWT key for its admin-only system page) with
+/// no database or broker, and the URLs of the five services' HTTP ports.
+#[test]
+fn the_web_console_follows_the_deployment_contract() {
+    let objs = render("full.yaml");
+    let d = find(&objs, Kind::Deployment, "shop-web");
+    assert_eq!(d["spec"]["replicas"], 2);
+    let pod = &d["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+    assert_eq!(c["name"], "web");
+    assert_eq!(c["image"], "ghcr.io/stockmesh/web:0.1.0");
+    assert_eq!(
+        c["resources"],
+        serde_json::json!({"requests": {"cpu": "50m", "memory": "48Mi"}, "limits": {"memory": "128Mi"}})
+    );
+    assert_eq!(
+        c["ports"],
+        serde_json::json!([{"name": "http", "containerPort": 8080, "protocol": "TCP"}])
+    );
+    for (probe, path, period, failure) in [
+        ("startupProbe", "/healthz", 2, 30),
+        ("livenessProbe", "/healthz", 10, 3),
+        ("readinessProbe", "/readyz", 5, 2),
+    ] {
+        assert_eq!(c[probe]["httpGet"]["path"], path, "{probe}");
+        assert_eq!(c[probe]["httpGet"]["port"], "http", "{probe}");
+        assert_eq!(c[probe]["periodSeconds"], period, "{probe}");
+        assert_eq!(c[probe]["failureThreshold"], failure, "{probe}");
+    }
+    assert_eq!(
+        c["lifecycle"]["preStop"]["httpGet"],
+        serde_json::json!({"path": "/drain", "port": "http"})
+    );
+    assert_eq!(pod["terminationGracePeriodSeconds"], 28);
+    assert_eq!(pod["automountServiceAccountToken"], false);
+    assert_eq!(pod["securityContext"]["runAsUser"], 65532);
+    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+    assert!(
+        d["spec"]["template"]["metadata"]["annotations"]["stockmesh.io/config-hash"].is_string()
+    );
+
+    let mut names = env_names(d);
+    names.sort();
+    let mut want = vec![
+        "DEPLOYMENT_ENVIRONMENT",
+        "HTTP_ADDR",
+        "INVENTORY_HTTP_URL",
+        "JAEGER_UI_URL",
+        "JWT_AUDIENCE",
+        "JWT_ISSUER",
+        "JWT_PUBLIC_KEY_FILE",
+        "LOG_FORMAT",
+        "NOTIFICATION_HTTP_URL",
+        "ORDER_HTTP_URL",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_RESOURCE_ATTRIBUTES",
+        "OTEL_TRACES_SAMPLER",
+        "OTEL_TRACES_SAMPLER_ARG",
+        "POD_NAME",
+        "POD_NAMESPACE",
+        "PRODUCT_HTTP_URL",
+        "REQUEST_TIMEOUT_MS",
+        "RUST_LOG",
+        "SHUTDOWN_DRAIN_MS",
+        "SHUTDOWN_GRACE_MS",
+        "USER_HTTP_URL",
+    ];
+    want.sort_unstable();
+    assert_eq!(names, want, "no DATABASE_URL, AMQP_URL or private key");
+    assert_eq!(env(d, "HTTP_ADDR")["value"], "0.0.0.0:8080");
+    assert_eq!(
+        env(d, "JWT_PUBLIC_KEY_FILE")["value"],
+        "/etc/stockmesh/jwt/public.pem"
+    );
+    assert_eq!(
+        env(d, "JAEGER_UI_URL")["value"],
+        "https://jaeger.shop.example.com"
+    );
+    assert_eq!(env(d, "SHUTDOWN_DRAIN_MS")["value"], "8000");
+    for svc in SVCS {
+        let url = &env(d, &format!("{}_HTTP_URL", svc.to_uppercase()))["value"];
+        assert_eq!(*url, format!("http://shop-{svc}:8080"));
+        // ... a Service that exists, on the port the services' HTTP serves.
+        let s = find(&objs, Kind::Service, &format!("shop-{svc}"));
+        assert_eq!(s["spec"]["ports"][0]["port"], 8080, "{svc}");
+    }
+    // Only the public key is mounted.
+    let volumes = pod["volumes"].to_string();
+    assert!(volumes.contains("public.pem") && !volumes.contains("private.pem"));
+    assert!(
+        c["volumeMounts"]
+            .as_array()
+            .expect("mounts")
+            .iter()
+            .any(|m| m["mountPath"] == "/etc/stockmesh/jwt" && m["readOnly"] == true)
+    );
+
+    // Defaults: on, two replicas, the console's resources, no trace links.
+    let minimal = render("minimal.yaml");
+    let d = find(&minimal, Kind::Deployment, "shop-web");
+    assert_eq!(d["spec"]["replicas"], 2);
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["resources"],
+        serde_json::json!({"requests": {"cpu": "25m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}})
+    );
+    assert!(!env_names(d).iter().any(|n| n == "JAEGER_UI_URL"));
+    assert!(
+        !env_names(d)
+            .iter()
+            .any(|n| n == "OTEL_EXPORTER_OTLP_ENDPOINT")
+    );
+}
+
+/// `services.web.enabled: false`: the API only; nothing named after the
+/// console, no `/` path, no service admits it.
+#[test]
+fn a_disabled_web_console_leaves_no_trace() {
+    let objs = render_objects(
+        &example("minimal.yaml").replace(
+            "spec: {}",
+            "spec:\n  ingress: {enabled: true}\n  services:\n    web: {enabled: false}",
+        ),
+        &RenderOptions::default(),
+    )
+    .expect("renders");
+    assert!(
+        objs.iter().all(|d| !d.name.contains("web")),
+        "{:?}",
+        objs.iter()
+            .filter(|d| d.name.contains("web"))
+            .map(|d| &d.name)
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        objs.iter().filter(|d| d.kind == Kind::Deployment).count(),
+        5
+    );
+    let ing = find(&objs, Kind::Ingress, "shop");
+    assert_eq!(
+        ing["spec"]["rules"][0]["http"]["paths"]
+            .as_array()
+            .expect("paths")
+            .len(),
+        4
+    );
+    for d in objs.iter().filter(|d| d.kind == Kind::NetworkPolicy) {
+        assert!(
+            !d.object.to_string().contains("web"),
+            "{} still mentions the console",
+            d.name
+        );
+    }
+    // Its settings are checked like a service's (an API server without CEL
+    // or schema validation lets them through).
+    let err = render_objects(
+        &example("minimal.yaml").replace(
+            "spec: {}",
+            "spec:\n  services:\n    web: {replicas: 51, jaegerUiUrl: jaeger:16686}",
+        ),
+        &RenderOptions::default(),
+    )
+    .expect_err("invalid")
+    .to_string();
+    assert!(
+        err.contains("services.web.replicas must be between 0 and 50"),
+        "{err}"
+    );
+    assert!(err.contains("services.web.jaegerUiUrl"), "{err}");
+}
+
 #[test]
 fn services_ingress_and_pdbs_follow_the_contract() {
     let objs = render("full.yaml");
-    for svc in SVCS {
+    for svc in DEPLOYABLES {
         let s = find(&objs, Kind::Service, &format!("shop-{svc}"));
         assert_eq!(s["spec"]["type"], "ClusterIP");
         assert_eq!(s["spec"]["ports"][0]["name"], "http");
@@ -395,6 +576,9 @@ fn services_ingress_and_pdbs_follow_the_contract() {
         ("/api/products", "shop-product"),
         ("/api/orders", "shop-order"),
         ("/api/notifications", "shop-notification"),
+        // The console gets what no API prefix claims (the longest prefix
+        // wins), its own /api/console/... included.
+        ("/", "shop-web"),
     ]
     .iter()
     .map(|(p, s)| ((*p).to_owned(), "Prefix".to_owned(), (*s).to_owned()))
@@ -483,6 +667,7 @@ fn network_policies_allow_only_the_contract_edges() {
         "shop-inventory",
         "shop-order",
         "shop-notification",
+        "shop-web",
         "shop-postgres",
         "shop-rabbitmq",
     ] {
@@ -492,9 +677,34 @@ fn network_policies_allow_only_the_contract_edges() {
             "{n}"
         );
     }
-    // Ingress controller and Prometheus pods -> HTTP; inventory is not public.
+    // Ingress controller, Prometheus and the web console's pods (its
+    // system page reads /readyz and /metrics) -> HTTP; inventory is not
+    // public.
     assert_eq!(
         edges(np("shop-user"), "ingress"),
+        vec![(
+            set(&[
+                "ns:ingress-nginx/app.kubernetes.io/name=ingress-nginx",
+                "ns:monitoring/app.kubernetes.io/name=prometheus",
+                "pod:web"
+            ]),
+            set(&["TCP/8080"])
+        )]
+    );
+    assert_eq!(
+        edges(np("shop-inventory"), "ingress"),
+        vec![
+            (
+                set(&["ns:monitoring/app.kubernetes.io/name=prometheus", "pod:web"]),
+                set(&["TCP/8080"])
+            ),
+            (set(&["pod:product", "pod:order"]), set(&["TCP/50051"]))
+        ]
+    );
+    // The console: reached by the ingress controller and Prometheus; reaches
+    // DNS and the five services' HTTP port, no database, broker or gRPC.
+    assert_eq!(
+        edges(np("shop-web"), "ingress"),
         vec![(
             set(&[
                 "ns:ingress-nginx/app.kubernetes.io/name=ingress-nginx",
@@ -504,13 +714,19 @@ fn network_policies_allow_only_the_contract_edges() {
         )]
     );
     assert_eq!(
-        edges(np("shop-inventory"), "ingress"),
+        edges(np("shop-web"), "egress"),
         vec![
+            (set(&[]), set(&["UDP/53", "TCP/53"])),
             (
-                set(&["ns:monitoring/app.kubernetes.io/name=prometheus"]),
+                set(&[
+                    "pod:user",
+                    "pod:product",
+                    "pod:inventory",
+                    "pod:order",
+                    "pod:notification"
+                ]),
                 set(&["TCP/8080"])
             ),
-            (set(&["pod:product", "pod:order"]), set(&["TCP/50051"]))
         ]
     );
     assert_eq!(
@@ -580,18 +796,21 @@ fn network_policies_allow_only_the_contract_edges() {
 fn network_policies_name_the_networks_of_the_endpoints_outside_the_cluster() {
     let objs = render("full.yaml");
     let np = |n: &str| find(&objs, Kind::NetworkPolicy, n).clone();
-    let order = np("shop-order");
-    assert!(
-        edges(&order, "egress").contains(&(set(&["ip:10.244.0.0/16"]), set(&["TCP/4317"]))),
-        "{:?}",
-        edges(&order, "egress")
-    );
+    for component in ["shop-order", "shop-web"] {
+        let policy = np(component);
+        assert!(
+            edges(&policy, "egress").contains(&(set(&["ip:10.244.0.0/16"]), set(&["TCP/4317"]))),
+            "{component}: {:?}",
+            edges(&policy, "egress")
+        );
+    }
     assert_eq!(
         edges(&np("shop-user"), "ingress"),
         vec![(
             set(&[
                 "ns:ingress-nginx/app.kubernetes.io/name=ingress-nginx",
-                "ns:monitoring/app.kubernetes.io/name=prometheus"
+                "ns:monitoring/app.kubernetes.io/name=prometheus",
+                "pod:web"
             ]),
             set(&["TCP/8080"])
         )]
@@ -611,7 +830,8 @@ fn network_policies_name_the_networks_of_the_endpoints_outside_the_cluster() {
         vec![(
             set(&[
                 "ns:traefik",
-                "ns:monitoring/app.kubernetes.io/name=prometheus"
+                "ns:monitoring/app.kubernetes.io/name=prometheus",
+                "pod:web"
             ]),
             set(&["TCP/8080"])
         )]
@@ -634,6 +854,14 @@ fn network_policies_name_the_networks_of_the_endpoints_outside_the_cluster() {
         ext.iter()
             .all(|d| !(d.kind == Kind::NetworkPolicy && d.name.ends_with("-postgres"))),
         "no policy for a store the operator does not run"
+    );
+    // The console reaches no database, not even an external one.
+    assert!(
+        edges(&np("shop-web"), "egress")
+            .iter()
+            .all(|(peers, _)| !peers.iter().any(|p| p.starts_with("ip:"))),
+        "{:?}",
+        edges(&np("shop-web"), "egress")
     );
 }
 
@@ -916,7 +1144,7 @@ fn every_path_the_containers_write_is_a_writable_volume() {
                 "{ex}: {component} writes outside its volumes"
             );
         }
-        for svc in SVCS {
+        for svc in DEPLOYABLES {
             let d = find(&objs, Kind::Deployment, &format!("shop-{svc}"));
             assert_eq!(unmounted(d, &["/tmp"]), Vec::<String>::new(), "{ex}: {svc}");
         }

@@ -15,7 +15,17 @@ use stockmesh_operator::InventorySystem;
 use stockmesh_operator::controller::{Context, reconcile};
 use stockmesh_operator::metrics::Metrics;
 
+/// The five services (each with its own database).
 const SVCS: [&str; 5] = ["user", "product", "inventory", "order", "notification"];
+/// Every Deployment of a default spec: the five services and the web console.
+const DEPLOYABLES: [&str; 6] = [
+    "user",
+    "product",
+    "inventory",
+    "order",
+    "notification",
+    "web",
+];
 
 /// Runs one reconcile of `obj` against the fake; returns its result and the calls.
 async fn run(
@@ -91,7 +101,7 @@ fn set_ready(fake: &Fake, name: &str, not_ready: &[(&str, i64)]) {
             .expect("sts");
         o["status"] = json!({"replicas": 1, "readyReplicas": 1, "availableReplicas": 1});
     }
-    for svc in SVCS {
+    for svc in DEPLOYABLES {
         let dn = format!("{name}-{svc}");
         let o = st
             .get_mut(&coll("apps/v1", "deployments"), &dn)
@@ -143,7 +153,7 @@ async fn fresh_resource_creates_every_object_in_order_then_reports_progress() {
     let apply = |gv: &str, res: &str, name: &str| format!("PATCH {}/{name}", coll(gv, res));
     expected.push(apply("v1", "configmaps", "shop-config"));
     expected.push(apply("v1", "configmaps", "shop-postgres-init"));
-    for svc in SVCS {
+    for svc in DEPLOYABLES {
         expected.push(apply("v1", "services", &format!("shop-{svc}")));
         if svc == "product" || svc == "inventory" {
             expected.push(apply("v1", "services", &format!("shop-{svc}-grpc")));
@@ -159,17 +169,17 @@ async fn fresh_resource_creates_every_object_in_order_then_reports_progress() {
     }
     expected.push(apply("apps/v1", "statefulsets", "shop-postgres"));
     expected.push(apply("apps/v1", "statefulsets", "shop-rabbitmq"));
-    for svc in SVCS {
+    for svc in DEPLOYABLES {
         expected.push(apply("apps/v1", "deployments", &format!("shop-{svc}")));
     }
-    for svc in SVCS {
+    for svc in DEPLOYABLES {
         expected.push(apply(
             "policy/v1",
             "poddisruptionbudgets",
             &format!("shop-{svc}"),
         ));
     }
-    for svc in SVCS {
+    for svc in DEPLOYABLES {
         expected.push(apply(
             "networking.k8s.io/v1",
             "networkpolicies",
@@ -320,6 +330,10 @@ async fn fresh_resource_creates_every_object_in_order_then_reports_progress() {
         status["components"]["order"],
         json!({"ready": 0, "desired": 2})
     );
+    assert_eq!(
+        status["components"]["web"],
+        json!({"ready": 0, "desired": 2})
+    );
     assert!(status.get("url").is_none());
     assert!(
         metrics
@@ -354,6 +368,14 @@ async fn steady_state_writes_nothing_and_status_only_when_it_changes() {
     assert_eq!(
         status["components"]["postgres"],
         json!({"ready": 1, "desired": 1})
+    );
+    assert_eq!(
+        status["components"]["web"],
+        json!({"ready": 2, "desired": 2})
+    );
+    assert_eq!(
+        condition(status, "ServicesReady")["message"],
+        "all five services and the web console are ready"
     );
 
     // Steady state: no request at all (no list, no apply, no status, no
@@ -700,7 +722,8 @@ async fn disabling_the_ingress_deletes_it_and_a_config_change_rolls_the_pods() {
         "{w:?}"
     );
     assert!(w.contains(&format!("PATCH {}/shop-config", coll("v1", "configmaps"))));
-    for svc in SVCS {
+    // The console reads the ConfigMap too (RUST_LOG, timeouts, tracing).
+    for svc in DEPLOYABLES {
         assert!(
             w.contains(&format!("PATCH {deployments}/shop-{svc}")),
             "{svc} rolls"
@@ -721,6 +744,102 @@ async fn disabling_the_ingress_deletes_it_and_a_config_change_rolls_the_pods() {
             .unwrap_or_default()
             .contains("ConfigMap/shop-config")
     );
+}
+
+/// The web console is a component like the services: its readiness counts,
+/// the Ingress sends `/` to it (after the API prefixes), the services admit
+/// it on their HTTP port; disabling it deletes its objects and takes it out
+/// of the Ingress, the services' policies and the status.
+#[tokio::test]
+async fn the_web_console_counts_for_readiness_and_disabling_it_removes_it() {
+    let fake = Fake::new();
+    let obj = system("shop", json!({"ingress": {"enabled": true}}), 1);
+    assert!(run(&fake, &obj).await.0.is_ok());
+    set_ready(&fake, "shop", &[("web", 0)]);
+    let (_, calls, _) = run(&fake, &stored(&fake, "shop")).await;
+    let w = writes(&calls);
+    let status = &w.last().expect("status").body.as_ref().expect("body")["status"];
+    assert_eq!(status["phase"], "Progressing");
+    assert_eq!(condition(status, "Ready")["reason"], "ServicesNotReady");
+    assert_eq!(
+        condition(status, "ServicesReady")["message"],
+        "waiting for web 0/2"
+    );
+    assert_eq!(
+        status["components"]["web"],
+        json!({"ready": 0, "desired": 2})
+    );
+
+    let ingresses = coll("networking.k8s.io/v1", "ingresses");
+    let policies = coll("networking.k8s.io/v1", "networkpolicies");
+    let paths = |fake: &Fake| -> Vec<(String, String)> {
+        fake.lock().get(&ingresses, "shop").expect("ingress")["spec"]["rules"][0]["http"]["paths"]
+            .as_array()
+            .expect("paths")
+            .iter()
+            .map(|p| {
+                (
+                    p["path"].as_str().unwrap_or_default().to_owned(),
+                    p["backend"]["service"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        paths(&fake).last(),
+        Some(&("/".to_owned(), "shop-web".to_owned()))
+    );
+    let http_peers = |fake: &Fake, svc: &str| -> String {
+        fake.lock()
+            .get(&policies, &format!("shop-{svc}"))
+            .expect("policy")["spec"]["ingress"][0]["from"]
+            .to_string()
+    };
+    for svc in SVCS {
+        assert!(
+            http_peers(&fake, svc).contains(r#""app.kubernetes.io/component":"web""#),
+            "{svc} admits the console"
+        );
+    }
+
+    let mut obj = stored(&fake, "shop");
+    obj.spec.services.web.enabled = false;
+    obj.metadata.generation = Some(2);
+    let (result, calls, _) = run(&fake, &obj).await;
+    assert!(result.is_ok(), "{result:?}");
+    let w = lines(&writes(&calls));
+    for (gv, resource) in [
+        ("apps/v1", "deployments"),
+        ("v1", "services"),
+        ("policy/v1", "poddisruptionbudgets"),
+        ("networking.k8s.io/v1", "networkpolicies"),
+    ] {
+        let collection = coll(gv, resource);
+        assert!(
+            w.contains(&format!("DELETE {collection}/shop-web")),
+            "{resource}: {w:?}"
+        );
+        assert!(fake.lock().get(&collection, "shop-web").is_none());
+    }
+    assert!(w.contains(&format!("PATCH {ingresses}/shop")), "{w:?}");
+    assert!(paths(&fake).iter().all(|(p, _)| p != "/"));
+    assert_eq!(paths(&fake).len(), 4);
+    for svc in SVCS {
+        assert!(w.contains(&format!("PATCH {policies}/shop-{svc}")), "{w:?}");
+        assert!(!http_peers(&fake, svc).contains("web"), "{svc}");
+    }
+    // The services' workloads are untouched.
+    assert!(
+        !w.iter()
+            .any(|l| l.starts_with("PATCH") && l.contains("/deployments/")),
+        "{w:?}"
+    );
+    let status = &stored(&fake, "shop").status.expect("status");
+    assert!(!status.components.contains_key("web"));
+    assert_eq!(status.phase.map(|p| p.as_str()), Some("Ready"));
 }
 
 #[tokio::test]
@@ -1110,7 +1229,8 @@ async fn api_calls_per_reconcile_are_counted_and_zero_in_the_steady_state() {
         assert!(text.contains(&sum), "{sum} in\n{text}");
     }
     assert!(
-        text.contains("stockmesh_operator_api_calls_total{verb=\"patch\",kind=\"Deployment\"} 5"),
+        // The five services and the web console.
+        text.contains("stockmesh_operator_api_calls_total{verb=\"patch\",kind=\"Deployment\"} 6"),
         "{text}"
     );
 

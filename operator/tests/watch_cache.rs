@@ -16,7 +16,15 @@ use stockmesh_operator::controller::Context;
 use stockmesh_operator::metrics::Metrics;
 use stockmesh_operator::runner::{self, Scope};
 
-const SVCS: [&str; 5] = ["user", "product", "inventory", "order", "notification"];
+/// The Deployments of a default spec: the five services and the web console.
+const SVCS: [&str; 6] = [
+    "user",
+    "product",
+    "inventory",
+    "order",
+    "notification",
+    "web",
+];
 
 /// Requests other than watches.
 fn non_watch(calls: &[Call]) -> Vec<String> {
@@ -134,7 +142,7 @@ async fn through_the_controller_a_steady_state_sends_no_request_and_drift_no_lis
     // Converges: every child created, the status written; then ready.
     assert!(
         eventually(20, || ready.load(Ordering::Relaxed)
-            && fake.lock().names(&coll("apps/v1", "deployments")).len() == 5
+            && fake.lock().names(&coll("apps/v1", "deployments")).len() == 6
             && !phase(&fake).is_empty())
         .await,
         "the operator converged and became ready"

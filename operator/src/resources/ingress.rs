@@ -1,19 +1,24 @@
-//! The Ingress routing the public API prefixes to their services.
+//! The Ingress routing the public API prefixes to their services and the
+//! rest (`/`) to the web console.
 
 use k8s_openapi::api::networking::v1::{
     HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
     IngressServiceBackend, IngressSpec, IngressTLS, ServiceBackendPort,
 };
 
-use super::Ctx;
-use crate::names::{self, Svc};
+use super::{Ctx, deployables};
+use crate::names;
 
 /// `<name>`: `/api/users`, `/api/products`, `/api/orders` and
-/// `/api/notifications` to their services' `http` port, on the spec's host
-/// (all hosts when unset), with TLS when a Secret is named.
+/// `/api/notifications` to their services' `http` port, and (while the
+/// console runs) `/` to the web console's, on the spec's host (all hosts
+/// when unset), with TLS when a Secret is named. Every path is a Prefix:
+/// the longest matching one wins, so `/` only gets what no `/api/...`
+/// prefix claims (the console's own `/api/console/...` among it); it comes
+/// last in the list as well.
 pub(super) fn ingress(ctx: &Ctx<'_>) -> Ingress {
     let spec_in = &ctx.spec.ingress;
-    let paths: Vec<HTTPIngressPath> = Svc::ALL
+    let paths: Vec<HTTPIngressPath> = deployables(ctx.spec)
         .iter()
         .filter_map(|svc| {
             svc.api_prefix().map(|prefix| HTTPIngressPath {

@@ -6,11 +6,13 @@
 //! built as its `k8s_openapi` type, one concern per module:
 //!
 //! - [`secrets`]: generated credentials and copies of external ones;
-//! - [`workloads`]: the shared ConfigMap, the services' Deployments and
-//!   PodDisruptionBudgets, and the pod pieces every workload shares;
+//! - [`workloads`]: the shared ConfigMap, the Deployments and
+//!   PodDisruptionBudgets of the services and the web console, and the pod
+//!   pieces every workload shares;
 //! - [`stores`]: PostgreSQL and RabbitMQ, one generic shape for both
 //!   (StatefulSet, Services, NetworkPolicy);
-//! - [`network`]: the services' Services and NetworkPolicies;
+//! - [`network`]: the Services and NetworkPolicies of the services and the
+//!   web console;
 //! - [`ingress`]: the Ingress.
 //!
 //! [`Desired`] carries each as JSON, the form the apply, the drift check
@@ -197,9 +199,9 @@ pub fn validate(obj: &InventorySystem) -> Vec<String> {
     if spec.image.tag.is_empty() || spec.image.repository.is_empty() {
         problems.push("image.repository and image.tag must not be empty".into());
     }
-    for svc in Svc::ALL {
-        let s = service_spec(spec, svc);
-        if !(0..=50).contains(&s.replicas) {
+    for svc in Svc::WITH_WEB {
+        let (replicas, resources) = workload_spec(spec, svc);
+        if !(0..=50).contains(&replicas) {
             problems.push(format!(
                 "services.{}.replicas must be between 0 and 50",
                 svc.as_str()
@@ -208,8 +210,15 @@ pub fn validate(obj: &InventorySystem) -> Vec<String> {
         check_resources(
             &mut problems,
             &format!("services.{}", svc.as_str()),
-            &s.resources,
+            resources,
         );
+    }
+    if let Some(url) = &spec.services.web.jaeger_ui_url
+        && !(url.starts_with("http://") || url.starts_with("https://") || url.starts_with('/'))
+    {
+        problems.push(format!(
+            "services.web.jaegerUiUrl {url:?} must be an http(s):// URL or a path"
+        ));
     }
     if let Some(m) = &spec.postgres.managed {
         check_quantity(
@@ -333,19 +342,31 @@ pub fn is_quantity(value: &str) -> bool {
     number_ok && suffix_ok
 }
 
-fn service_spec(spec: &InventorySystemSpec, svc: Svc) -> &crate::crd::ServiceSpec {
-    match svc {
+/// Replicas and resources the spec asks for, per deployable.
+fn workload_spec(spec: &InventorySystemSpec, svc: Svc) -> (i32, &ResourcesSpec) {
+    let s = match svc {
         Svc::User => &spec.services.user,
         Svc::Product => &spec.services.product,
         Svc::Inventory => &spec.services.inventory,
         Svc::Order => &spec.services.order,
         Svc::Notification => &spec.services.notification,
-    }
+        Svc::Web => return (spec.services.web.replicas, &spec.services.web.resources),
+    };
+    (s.replicas, &s.resources)
 }
 
-/// Replicas the spec asks for, per service.
+/// Replicas the spec asks for, per deployable.
 pub fn desired_replicas(spec: &InventorySystemSpec, svc: Svc) -> i32 {
-    service_spec(spec, svc).replicas
+    workload_spec(spec, svc).0
+}
+
+/// The deployables the spec runs: the five services, and the web console
+/// unless `services.web.enabled` is false.
+pub fn deployables(spec: &InventorySystemSpec) -> Vec<Svc> {
+    Svc::WITH_WEB
+        .into_iter()
+        .filter(|svc| *svc != Svc::Web || spec.services.web.enabled)
+        .collect()
 }
 
 /// Context shared by the builders.
@@ -421,8 +442,9 @@ pub fn build_all(
     if ctx.pg.is_some() {
         out.push(Desired::of(apply, &stores::postgres_init_config_map(&ctx))?);
     }
+    let deployables = deployables(ctx.spec);
     // Services.
-    for svc in Svc::ALL {
+    for &svc in &deployables {
         out.push(Desired::of(apply, &network::service(&ctx, svc))?);
         if svc.has_grpc() {
             out.push(Desired::of(apply, &network::grpc_service(&ctx, svc))?);
@@ -452,20 +474,20 @@ pub fn build_all(
         out.push(stores::statefulset_desired(&ctx, mq)?);
     }
     // Deployments and their disruption budgets.
-    for svc in Svc::ALL {
+    for &svc in &deployables {
         out.push(Desired::of(
             apply,
             &workloads::deployment(&ctx, svc, &config_hash),
         )?);
     }
-    for svc in Svc::ALL {
+    for &svc in &deployables {
         out.push(Desired::of(apply, &workloads::pdb(&ctx, svc))?);
     }
     if ctx.spec.ingress.enabled {
         out.push(Desired::of(apply, &ingress::ingress(&ctx))?);
     }
     if ctx.spec.network_policy.enabled {
-        for svc in Svc::ALL {
+        for &svc in &deployables {
             out.push(Desired::of(
                 apply,
                 &network::service_network_policy(&ctx, svc, observed),

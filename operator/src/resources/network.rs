@@ -1,5 +1,6 @@
-//! The services' network: their Services (HTTP, and a headless gRPC Service
-//! for client-side balancing) and NetworkPolicies.
+//! The network of the services and the web console: their Services (HTTP,
+//! and a headless gRPC Service for client-side balancing) and
+//! NetworkPolicies.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -11,7 +12,7 @@ use k8s_openapi::api::networking::v1::{
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::workloads::match_labels;
-use super::{Ctx, ObservedSecrets};
+use super::{Ctx, ObservedSecrets, deployables};
 use crate::names::{self, Svc};
 
 fn http_port() -> ServicePort {
@@ -176,12 +177,15 @@ fn store_egress<'a>(
     }
 }
 
-/// The NetworkPolicy of a service: ingress from the ingress controller (the
-/// public services), Prometheus and its gRPC clients; egress to DNS, the
-/// OTLP endpoint (only with tracing on; `networkPolicy.otlpCidr`, the
-/// endpoint's port), its database and broker (the managed pods, or the
-/// external ones' `cidr` and port) and its gRPC upstreams. The chart renders
-/// the same rules for the same configuration (scripts/check_parity.py).
+/// The NetworkPolicy of a service or the web console: ingress from the
+/// ingress controller (the public services and the console), Prometheus,
+/// the console (every service's HTTP port, for its system page, while the
+/// console runs) and its gRPC clients; egress to DNS, the OTLP endpoint
+/// (only with tracing on; `networkPolicy.otlpCidr`, the endpoint's port),
+/// its database and broker (the managed pods, or the external ones' `cidr`
+/// and port; the console has neither), its gRPC upstreams and (the console)
+/// the five services' HTTP port. The chart renders the same rules for the
+/// same configuration (scripts/check_parity.py).
 pub(super) fn service_network_policy(
     ctx: &Ctx<'_>,
     svc: Svc,
@@ -201,6 +205,13 @@ pub(super) fn service_network_policy(
             ),
         );
     }
+    let running = deployables(ctx.spec);
+    http_from.extend(
+        running
+            .iter()
+            .filter(|c| c.http_upstreams().contains(&svc))
+            .map(|c| pod_peer(ctx, c.as_str())),
+    );
     let mut ingress = vec![NetworkPolicyIngressRule {
         from: Some(http_from),
         ports: Some(vec![tcp(names::HTTP_PORT)]),
@@ -220,14 +231,16 @@ pub(super) fn service_network_policy(
     if let Some(endpoint) = &ctx.spec.tracing.otlp_endpoint {
         egress.push(egress_to(vec![ip_peer(&np.otlp_cidr)], url_ports(endpoint)));
     }
-    let pg = ctx.spec.postgres.external.as_ref();
-    egress.push(store_egress(
-        ctx,
-        "postgres",
-        names::POSTGRES_PORT,
-        pg.map(|e| (e.cidr.as_str(), e.port)),
-        observed.external_database_urls.values(),
-    ));
+    if svc.uses_database() {
+        let pg = ctx.spec.postgres.external.as_ref();
+        egress.push(store_egress(
+            ctx,
+            "postgres",
+            names::POSTGRES_PORT,
+            pg.map(|e| (e.cidr.as_str(), e.port)),
+            observed.external_database_urls.values(),
+        ));
+    }
     if svc.uses_amqp() {
         let mq = ctx.spec.rabbitmq.external.as_ref();
         egress.push(store_egress(
@@ -242,6 +255,16 @@ pub(super) fn service_network_policy(
         egress.push(egress_to(
             vec![pod_peer(ctx, upstream.as_str())],
             [names::GRPC_PORT],
+        ));
+    }
+    let http_upstreams = svc.http_upstreams();
+    if !http_upstreams.is_empty() {
+        egress.push(egress_to(
+            http_upstreams
+                .iter()
+                .map(|u| pod_peer(ctx, u.as_str()))
+                .collect(),
+            [names::HTTP_PORT],
         ));
     }
     NetworkPolicy {

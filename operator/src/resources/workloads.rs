@@ -1,6 +1,7 @@
 //! The services' workloads: the shared ConfigMap, one Deployment and one
-//! PodDisruptionBudget per service, and the pod-level pieces (security
-//! contexts, probes, environment helpers) the stores share.
+//! PodDisruptionBudget per service and for the web console, and the
+//! pod-level pieces (security contexts, probes, environment helpers) the
+//! stores share.
 
 use std::collections::BTreeMap;
 
@@ -17,7 +18,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::{Ctx, service_spec};
+use super::{Ctx, workload_spec};
 use crate::crd::{ResourcesSpec, ShutdownSpec};
 use crate::names::{self, Svc};
 
@@ -167,7 +168,8 @@ fn env_field(name: &str, path: &str) -> EnvVar {
     )
 }
 
-/// The environment of a service container, per the contract.
+/// The environment of a service (or the web console's) container, per the
+/// contract.
 fn service_env(ctx: &Ctx<'_>, svc: Svc) -> Vec<EnvVar> {
     let name = &ctx.name;
     let mut env = vec![
@@ -178,14 +180,17 @@ fn service_env(ctx: &Ctx<'_>, svc: Svc) -> Vec<EnvVar> {
     if svc.has_grpc() {
         env.push(env_value("GRPC_ADDR", "0.0.0.0:50051"));
     }
+    env.extend([env_value("LOG_FORMAT", "json"), env_config(ctx, "RUST_LOG")]);
+    if svc.uses_database() {
+        env.extend([
+            env_secret("DATABASE_URL", &names::db_secret(name, svc), "url"),
+            env_value(
+                "DATABASE_ACQUIRE_TIMEOUT_MS",
+                &DATABASE_ACQUIRE_TIMEOUT_MS.to_string(),
+            ),
+        ]);
+    }
     env.extend([
-        env_value("LOG_FORMAT", "json"),
-        env_config(ctx, "RUST_LOG"),
-        env_secret("DATABASE_URL", &names::db_secret(name, svc), "url"),
-        env_value(
-            "DATABASE_ACQUIRE_TIMEOUT_MS",
-            &DATABASE_ACQUIRE_TIMEOUT_MS.to_string(),
-        ),
         env_value(
             "SHUTDOWN_DRAIN_MS",
             &ctx.spec.resilience.shutdown.drain_ms.to_string(),
@@ -269,6 +274,23 @@ fn service_env(ctx: &Ctx<'_>, svc: Svc) -> Vec<EnvVar> {
             env_config(ctx, "BREAKER_OPEN_MS"),
             env_config(ctx, "BREAKER_MAX_OPEN_MS"),
         ]);
+    }
+    // The console's system page: each service's HTTP port, through its
+    // Service (`<SERVICE>_HTTP_URL`).
+    for upstream in svc.http_upstreams() {
+        env.push(env_value(
+            &format!("{}_HTTP_URL", upstream.as_str().to_ascii_uppercase()),
+            &format!(
+                "http://{}:{}",
+                names::svc_name(name, *upstream),
+                names::HTTP_PORT
+            ),
+        ));
+    }
+    if svc == Svc::Web
+        && let Some(url) = &ctx.spec.services.web.jaeger_ui_url
+    {
+        env.push(env_value("JAEGER_UI_URL", url));
     }
     env
 }
@@ -406,7 +428,7 @@ pub(super) fn pod_spec(
 
 pub(super) fn deployment(ctx: &Ctx<'_>, svc: Svc, config_hash: &str) -> Deployment {
     let name = names::svc_name(&ctx.name, svc);
-    let spec = service_spec(ctx.spec, svc);
+    let (replicas, resources) = workload_spec(ctx.spec, svc);
     let image = format!(
         "{}/{}:{}",
         ctx.spec.image.repository,
@@ -458,7 +480,7 @@ pub(super) fn deployment(ctx: &Ctx<'_>, svc: Svc, config_hash: &str) -> Deployme
         liveness_probe: Some(http_probe("/healthz", 10, 3)),
         readiness_probe: Some(readiness),
         lifecycle: Some(pre_stop_drain()),
-        resources: Some(resource_requirements(&spec.resources)),
+        resources: Some(resource_requirements(resources)),
         security_context: Some(container_security_context()),
         volume_mounts: Some(mounts),
         ..Default::default()
@@ -466,7 +488,7 @@ pub(super) fn deployment(ctx: &Ctx<'_>, svc: Svc, config_hash: &str) -> Deployme
     Deployment {
         metadata: ctx.meta(&name, svc.as_str()),
         spec: Some(DeploymentSpec {
-            replicas: Some(spec.replicas),
+            replicas: Some(replicas),
             selector: match_labels(names::selector_labels(&ctx.name, svc.as_str())),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
