@@ -10,8 +10,9 @@ OPERATOR.yaml is what the operator's builders make for an InventorySystem
 (`render k8s/examples/full.yaml --redact`), CHART.yaml what `helm template`
 makes with the equivalent values (charts/stockmesh/ci/parity-values.yaml,
 release named like the resource). For each of the five service Deployments
-`<name>-<service>` both must agree on (docs/deployment-contract.md is the
-reference for both):
+`<name>-<service>` and the web console's `<name>-web` (compared when either
+side renders it: both must, or neither) both must agree on
+(docs/deployment-contract.md is the reference for both):
 
   - container ports: name, containerPort, protocol;
   - startup/liveness/readiness probes: handler (httpGet path + port + scheme,
@@ -29,7 +30,7 @@ reference for both):
     SHUTDOWN_GRACE_MS) / 1000) + 5 (issue 14), so kubelet never kills a pod
     inside its own drain and grace.
 
-The NetworkPolicies `<name>-<service>`, `<name>-postgres` and
+The NetworkPolicies `<name>-<service>`, `<name>-web`, `<name>-postgres` and
 `<name>-rabbitmq`: the same names, pod selector and policy types, and the
 same edges: each rule is expanded into (peer, port) pairs (peers and ports
 canonicalised, protocol TCP by default, a rule without peers or ports
@@ -67,6 +68,8 @@ import sys
 import yaml
 
 SERVICES = ["user", "product", "inventory", "order", "notification"]
+# The web console: compared like a service when either side renders it.
+WEB = "web"
 PROBES = ["startupProbe", "livenessProbe", "readinessProbe"]
 PROBE_DEFAULTS = {"initialDelaySeconds": 0, "timeoutSeconds": 1, "periodSeconds": 10,
                   "successThreshold": 1, "failureThreshold": 3}
@@ -334,7 +337,9 @@ def main():
     op_deps, ch_deps = by_kind_name(op_docs, "Deployment"), by_kind_name(ch_docs, "Deployment")
     op_cms, ch_cms = by_kind_name(op_docs, "ConfigMap"), by_kind_name(ch_docs, "ConfigMap")
     compared = 0
-    for svc in (SERVICES if "deployments" in sections else []):
+    web_name = f"{a.name}-{WEB}"
+    web = [WEB] if "deployments" in sections and (web_name in op_deps or web_name in ch_deps) else []
+    for svc in (SERVICES + web if "deployments" in sections else []):
         name = f"{a.name}-{svc}"
         if name not in op_deps:
             problems.append(f"Deployment {name}: not rendered by the operator")
@@ -355,7 +360,8 @@ def main():
             stores += 1
     for p in problems:
         print(f"  - {p}")
-    print(f"compared {compared} service Deployments, {policies} NetworkPolicies, "
+    print(f"compared {compared} Deployments (services{' and web' if web else ''}), "
+          f"{policies} NetworkPolicies, "
           f"{stores} store StatefulSets: "
           f"{'no differences' if not problems else f'{len(problems)} difference(s)'}")
     sys.exit(1 if problems else 0)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Assertions on rendered Helm manifests (run by scripts/k8s-check.sh).
 
-    check_rendered.py stockmesh RENDERED.yaml [--mode managed|external] [--tls]
+    check_rendered.py stockmesh RENDERED.yaml [--mode managed|external] [--tls] [--no-web]
     check_rendered.py operator RENDERED.yaml [--rules files/clusterrole-rules.yaml]
     check_rendered.py secrets-generated A.yaml B.yaml    # two renders, same values
     check_rendered.py config-rolls A.yaml B.yaml         # renders with different config
@@ -24,6 +24,9 @@ import tempfile
 import yaml
 
 SERVICES = ["user", "product", "inventory", "order", "notification"]
+# The web console (services.web): no database or broker, the public JWT key,
+# the five services' HTTP URLs; served under / of the Ingress.
+WEB = "web"
 GRPC = {"product", "inventory"}
 API = {"user": "/api/users", "product": "/api/products", "order": "/api/orders",
        "notification": "/api/notifications"}
@@ -182,6 +185,21 @@ def expected_env(name, svc, *, tracing, tls, db_ref, amqp_ref, shutdown):
     return e
 
 
+def expected_web_env(name, *, tracing, shutdown, jaeger_ui_url):
+    """The console's environment: a service's without the database, plus the
+    public JWT key and the five services' HTTP URLs."""
+    e = expected_env(name, WEB, tracing=tracing, tls=False, db_ref=(), amqp_ref=(), shutdown=shutdown)
+    del e["DATABASE_URL"], e["DATABASE_ACQUIRE_TIMEOUT_MS"]
+    e["JWT_PUBLIC_KEY_FILE"] = ("value", "/etc/stockmesh/jwt/public.pem")
+    e["JWT_ISSUER"] = ("value", "stockmesh")
+    e["JWT_AUDIENCE"] = ("value", "stockmesh-api")
+    for svc in SERVICES:
+        e[f"{svc.upper()}_HTTP_URL"] = ("value", f"http://{name}-{svc}:8080")
+    if jaeger_ui_url:
+        e["JAEGER_UI_URL"] = ("value", jaeger_ui_url)
+    return e
+
+
 def shutdown_numbers(container, label):
     """(SHUTDOWN_DRAIN_MS, SHUTDOWN_GRACE_MS) as the container sets them."""
     env = {e["name"]: e.get("value") for e in container.get("env", [])}
@@ -209,7 +227,7 @@ def probe_is(probe, kind, *, path=None, period, failure, label):
                 f"{probe.get('periodSeconds')}/{probe.get('failureThreshold')}")
 
 
-def check_stockmesh(docs, mode, tls):
+def check_stockmesh(docs, mode, tls, web=True):
     ingress = find(docs, "Ingress")
     name = ingress[0]["metadata"]["name"] if ingress else None
     deps = {d["metadata"]["name"]: d for d in find(docs, "Deployment")}
@@ -223,6 +241,14 @@ def check_stockmesh(docs, mode, tls):
                 "DEPLOYMENT_ENVIRONMENT", "STOCKMESH_ADMIN_EMAIL"):
         if key not in cmdata:
             problem(f"ConfigMap {name}-config: no {key}")
+
+    if web:
+        check_web(docs, name, deps, tracing)
+    else:
+        stray = sorted(f"{d['kind']}/{d['metadata']['name']}" for d in docs
+                       if d["metadata"]["name"] == f"{name}-web")
+        if stray:
+            problem(f"web console disabled but rendered: {stray}")
 
     for svc in SERVICES:
         d = deps.get(f"{name}-{svc}")
@@ -334,6 +360,9 @@ def check_stockmesh(docs, mode, tls):
                 paths[p["path"]] = (p["pathType"], p["backend"]["service"]["name"],
                                     p["backend"]["service"]["port"].get("name"))
         want = {prefix: ("Prefix", f"{name}-{svc}", "http") for svc, prefix in API.items()}
+        if web:
+            # Everything no /api prefix claims (the longest prefix wins).
+            want["/"] = ("Prefix", f"{name}-{WEB}", "http")
         if paths != want:
             problem(f"Ingress/{name}: paths {paths}, want {want}")
         annotations = ing["metadata"].get("annotations") or {}
@@ -369,7 +398,64 @@ def check_stockmesh(docs, mode, tls):
 
     # NetworkPolicies: the contract's edges (when enabled)
     if find(docs, "NetworkPolicy"):
-        check_netpol(docs, name, mode)
+        check_netpol(docs, name, mode, web)
+
+
+def check_web(docs, name, deps, tracing):
+    """The web console: a service's pod (probes, drain, security, /tmp) with
+    the public JWT key only, no database or broker, the five services' URLs;
+    its Service and disruption budget."""
+    label = f"Deployment/{name}-{WEB}"
+    d = deps.get(f"{name}-{WEB}")
+    if d is None:
+        problem(f"{label} missing (services.web.enabled is the default)")
+        return
+    pod = d["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    if c["name"] != WEB or not re.split(r"[:@]", c.get("image", "").rpartition("/")[2])[0] == WEB:
+        problem(f"{label}: container {c['name']} image {c.get('image')!r}, want the web image")
+    ann = d["spec"]["template"]["metadata"].get("annotations", {})
+    if not re.fullmatch(r"[0-9a-f]{64}", ann.get("stockmesh.io/config-hash", "")):
+        problem(f"{label}: pod template has no stockmesh.io/config-hash annotation")
+    psc = pod.get("securityContext", {})
+    if psc.get("runAsUser") != 65532 or pod.get("automountServiceAccountToken") is not False:
+        problem(f"{label}: pod securityContext {psc}, automountServiceAccountToken "
+                f"{pod.get('automountServiceAccountToken')}")
+    shutdown = shutdown_numbers(c, label)
+    want_grace = -(-sum(shutdown) // 1000) + 5
+    if pod.get("terminationGracePeriodSeconds") != want_grace:
+        problem(f"{label}: terminationGracePeriodSeconds is {pod.get('terminationGracePeriodSeconds')}, "
+                f"want {want_grace}")
+    pre_stop = ((c.get("lifecycle") or {}).get("preStop") or {}).get("httpGet") or {}
+    if pre_stop.get("path") != "/drain" or pre_stop.get("port") != "http":
+        problem(f"{label}: preStop is not httpGet /drain on port http")
+    ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
+    if ports != {"http": 8080}:
+        problem(f"{label}: ports {ports}, want {{'http': 8080}}")
+    probe_is(c.get("startupProbe"), "http", path="/healthz", period=2, failure=30, label=f"{label} startupProbe")
+    probe_is(c.get("readinessProbe"), "http", path="/readyz", period=5, failure=2, label=f"{label} readinessProbe")
+    probe_is(c.get("livenessProbe"), "http", path="/healthz", period=10, failure=3, label=f"{label} livenessProbe")
+    got = env_map(c)
+    jaeger = got.get("JAEGER_UI_URL", ("value", ""))[1] if got.get("JAEGER_UI_URL", ("",))[0] == "value" else None
+    want = expected_web_env(name, tracing=tracing, shutdown=shutdown, jaeger_ui_url=jaeger)
+    if got != want:
+        for k in sorted(set(got) | set(want)):
+            if got.get(k) != want.get(k):
+                problem(f"{label}: env {k} is {got.get(k)}, contract says {want.get(k)}")
+    mounts = {m["mountPath"]: m for m in c.get("volumeMounts", [])}
+    m = mounts.get("/etc/stockmesh/jwt")
+    vol = next((v for v in pod.get("volumes", []) if m and v["name"] == m["name"]), {})
+    sec = vol.get("secret", {})
+    keys = sorted(i["key"] for i in sec.get("items", []))
+    if not m or not m.get("readOnly") or sec.get("secretName") != f"{name}-jwt" or keys != ["public.pem"]:
+        problem(f"{label}: want Secret {name}-jwt key public.pem (only) mounted read-only, got {sec}")
+    if "/tmp" not in mounts:
+        problem(f"{label}: /tmp is not a volume (read-only root filesystem)")
+    s = one(docs, "Service", f"{name}-{WEB}")
+    if s and {p["name"]: p["port"] for p in s["spec"]["ports"]} != {"http": 8080}:
+        problem(f"Service/{name}-{WEB}: ports {s['spec']['ports']}, want http 8080")
+    if find(docs, "PodDisruptionBudget") and not find(docs, "PodDisruptionBudget", f"{name}-{WEB}"):
+        problem(f"PodDisruptionBudget/{name}-{WEB} missing")
 
 
 def check_test_pod(docs, name, deps):
@@ -448,7 +534,7 @@ def check_jwt(secret):
         problem("Secret jwt: key is not Ed25519")
 
 
-def check_netpol(docs, name, mode):
+def check_netpol(docs, name, mode, web=True):
     pols = {p["metadata"]["name"]: p for p in find(docs, "NetworkPolicy")}
     deny = pols.get(f"{name}-default-deny")
     if not deny or deny["spec"].get("ingress") or deny["spec"].get("egress") \
@@ -498,12 +584,41 @@ def check_netpol(docs, name, mode):
                 got_up |= from_components(r)
         if got_up != upstreams:
             problem(f"NetworkPolicy/{name}-{svc}: gRPC upstreams {got_up}, contract {upstreams}")
+        # The web console's system page reads every service's /readyz and
+        # /metrics on 8080.
+        admits_web = any(WEB in from_components(r) and (8080, "TCP") in ports_of([r]) for r in ing)
+        if admits_web != web:
+            problem(f"NetworkPolicy/{name}-{svc}: ingress on 8080 from the web console is {admits_web}, "
+                    f"want {web}")
         # The `helm test` pod (label stockmesh.io/api-client) reads every
         # service's /readyz, inventory's included.
         if not any(any((f.get("podSelector") or {}).get("matchLabels", {}).get("stockmesh.io/api-client") == "true"
                        and "namespaceSelector" not in f for f in r.get("from", []))
                    and (8080, "TCP") in ports_of([r]) for r in ing):
             problem(f"NetworkPolicy/{name}-{svc}: no ingress on 8080 from the api-client pods (helm test)")
+
+    if web:
+        p = pols.get(f"{name}-{WEB}")
+        if not p:
+            problem(f"NetworkPolicy/{name}-{WEB} missing")
+        else:
+            ing, eg = p["spec"].get("ingress", []), p["spec"].get("egress", [])
+            ingress_ctrl = any(any("namespaceSelector" in f and "ingress" in str(f) for f in r.get("from", []))
+                               for r in ing)
+            if not ingress_ctrl or ports_of(ing) != {(8080, "TCP")}:
+                problem(f"NetworkPolicy/{name}-{WEB}: ingress {ing}, want the ingress controller "
+                        "(and Prometheus) on 8080 only")
+            extra = ports_of(eg) - {(53, "UDP"), (53, "TCP"), (8080, "TCP"), (4317, "TCP")}
+            if extra:
+                problem(f"NetworkPolicy/{name}-{WEB}: egress ports {extra} not in the contract "
+                        "(no database, broker or gRPC)")
+            reach = set()
+            for r in eg:
+                if (8080, "TCP") in ports_of([r]):
+                    reach |= from_components(r)
+            if reach != set(SERVICES):
+                problem(f"NetworkPolicy/{name}-{WEB}: egress on 8080 to {sorted(c for c in reach if c)}, "
+                        f"the system page needs all of {SERVICES}")
 
     clients = pols.get(f"{name}-api-clients")
     if not clients:
@@ -771,12 +886,13 @@ def main():
     ap.add_argument("files", nargs="+")
     ap.add_argument("--mode", choices=["managed", "external"], default="managed")
     ap.add_argument("--tls", action="store_true")
+    ap.add_argument("--no-web", action="store_true", help="services.web.enabled=false: no console")
     ap.add_argument("--rules", default="charts/stockmesh-operator/files/clusterrole-rules.yaml")
     a = ap.parse_args()
     if a.what == "stockmesh":
         docs = load(a.files[0])
         check_pods(docs)
-        check_stockmesh(docs, a.mode, a.tls)
+        check_stockmesh(docs, a.mode, a.tls, web=not a.no_web)
     elif a.what == "operator":
         docs = load(a.files[0])
         check_pods(docs)

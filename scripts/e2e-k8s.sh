@@ -7,7 +7,11 @@
 #   3. the admin creates a product and sets its stock
 #   4. the user places an order (201, CONFIRMED)
 #   5. the order's notification arrives
-#   6. Jaeger has the order's trace, spanning order -> product/inventory ->
+#   6. the web console (when spec.services.web is enabled) answers at / of
+#      the Ingress, and its admin system page sees all five services ready
+#      (the console reaches their /readyz and /metrics through the
+#      NetworkPolicies); a shopper is refused it
+#   7. Jaeger has the order's trace, spanning order -> product/inventory ->
 #      notification (Jaeger HTTP API /api/traces?service=order)
 #
 # Environment (defaults fit `make kind-up deploy`):
@@ -107,6 +111,24 @@ for _ in $(seq 1 60); do
 done
 [[ -n "$found" ]] || die "no notification mentioning order $order_id (last answer HTTP $status: $body)"
 echo "    ok: notification for $order_id"
+
+if kubectl -n "$NS" get deployment "$NAME-web" >/dev/null 2>&1; then
+    STEP "the web console at $BASE/ and its system page"
+    page="$(curl -sS --max-time 20 "$BASE/")" || die "GET / : no answer from $BASE"
+    grep -qi '<html' <<<"$page" || die "GET / is not the console's page: ${page:0:200}"
+    echo "    ok: / serves the console"
+    api GET /api/console/system "" "$token"
+    expect 403 "a shopper asks the system page" "$body"
+    api GET /api/console/system "" "$admin_token"
+    expect 200 "the admin's system page" "$body"
+    ready="$(jq -r '[.services[] | select(.ready) | .name] | join(",")' <<<"$body")"
+    [[ "$ready" == "user,product,inventory,order,notification" ]] \
+        || die "system page: ready services are [$ready], want all five: $body"
+    echo "    ok: the console sees $ready ready"
+else
+    echo
+    echo "    (no $NAME-web Deployment: spec.services.web.enabled is false; console step skipped)"
+fi
 
 STEP "Jaeger has the order's trace ($JAEGER_NS/$JAEGER_SVC)"
 port=$((20000 + RANDOM % 20000))

@@ -19,7 +19,8 @@
 #   check_parity.py         chart == operator for the same configuration
 #                             (k8s/examples/full.yaml vs ci/parity-values.yaml):
 #                             ports, probes, env, security contexts, ... of
-#                             the five service Deployments, the NetworkPolicies,
+#                             the five service Deployments and the web
+#                             console's, the NetworkPolicies,
 #                             the stores' writable mounts (builds `render`);
 #                             external-database.yaml vs
 #                             ci/parity-external-values.yaml: NetworkPolicies
@@ -138,6 +139,14 @@ run "stockmesh (default): contract, security, probes, secrets, netpol" \
     check stockmesh "$OUT/stockmesh-default.yaml"
 run "stockmesh (full: TLS, Jaeger, loadgen)" check stockmesh "$OUT/stockmesh-full.yaml" --tls
 run "stockmesh (external database/broker)" check stockmesh "$OUT/stockmesh-external.yaml" --mode external
+# The web console (services.web) is on by default; off, nothing of it is
+# rendered and no service admits it.
+render "$STOCKMESH" "$OUT/stockmesh-no-web.yaml" --set services.web.enabled=false 2>/dev/null
+run "stockmesh (services.web.enabled=false): no console, no / path, nothing admits it" \
+    check stockmesh "$OUT/stockmesh-no-web.yaml" --no-web
+run "stockmesh: a missing web console is reported" \
+    fails check stockmesh "$OUT/stockmesh-no-web.yaml"
+run "validate $STOCKMESH (services.web.enabled=false)" validate "$OUT/stockmesh-no-web.yaml"
 render "$STOCKMESH" "$OUT/again.yaml" 2>/dev/null
 run "stockmesh: every Secret value generated (two renders differ)" \
     check secrets-generated "$OUT/stockmesh-default.yaml" "$OUT/again.yaml"
@@ -268,6 +277,16 @@ else
         "$OUT/parity-chart.yaml" >"$OUT/parity-chart-logs.yaml"
     run "parity: a store's writable mounts out of step are reported" \
         fails "$PY" scripts/check_parity.py "$OUT/parity-operator.yaml" "$OUT/parity-chart-logs.yaml"
+    # The web console: services that stop admitting it, and a chart without
+    # it, are reported.
+    sed "/# The web console's system page: \/readyz and \/metrics./,/- {port: 8080, protocol: TCP}/d" \
+        "$OUT/parity-chart.yaml" >"$OUT/parity-chart-web-np.yaml"
+    run "parity: services whose policies do not admit the web console are reported" \
+        fails "$PY" scripts/check_parity.py "$OUT/parity-operator.yaml" "$OUT/parity-chart-web-np.yaml"
+    helm template shop "$STOCKMESH" --namespace stockmesh -f "$PARITY_VALUES" \
+        --set services.web.enabled=false >"$OUT/parity-chart-no-web.yaml" 2>/dev/null
+    run "parity: a web console only the operator renders is reported" \
+        fails "$PY" scripts/check_parity.py "$OUT/parity-operator.yaml" "$OUT/parity-chart-no-web.yaml"
     run "validate $STOCKMESH (parity values)" validate "$OUT/parity-chart.yaml"
     run "stockmesh (parity values): contract" check stockmesh "$OUT/parity-chart.yaml" --tls
     # External stores: the NetworkPolicies name the same networks and ports.

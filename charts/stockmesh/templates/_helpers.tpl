@@ -9,6 +9,14 @@ release name (or fullnameOverride).
 user product inventory order notification
 {{- end -}}
 
+{{/*
+Every Deployment of the release: the five services, then the web console
+when services.web.enabled. Call with the root context.
+*/}}
+{{- define "stockmesh.deployables" -}}
+{{ include "stockmesh.serviceNames" . }}{{ if .Values.services.web.enabled }} web{{ end }}
+{{- end -}}
+
 {{/* Services with a gRPC port. */}}
 {{- define "stockmesh.grpcServices" -}}
 product inventory
