@@ -43,6 +43,17 @@ impl ReservationState {
     }
 }
 
+/// What a commit found for one order (the batch form of `Commit`'s answers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitResult {
+    /// Committed now or before.
+    Committed,
+    /// Released: nothing to commit.
+    Released,
+    /// The order never reserved.
+    NotFound,
+}
+
 /// Units of one product held for one order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Reservation {

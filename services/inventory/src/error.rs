@@ -12,8 +12,8 @@ pub enum InventoryError {
         field: &'static str,
         reason: &'static str,
     },
-    #[error("too many product ids (at most {max})")]
-    TooManyIds { max: usize },
+    #[error("too many {field} (at most {max})")]
+    TooManyIds { field: &'static str, max: usize },
     #[error("no stock record for product {0}")]
     UnknownProduct(Uuid),
     #[error("no reservation for order {0}")]

@@ -4,7 +4,7 @@ use stockmesh_proto::inventory::v1 as pb;
 use stockmesh_proto::inventory::v1::inventory_service_server::InventoryService as InventoryApi;
 use tonic::{Request, Response, Status};
 
-use crate::domain::{Reservation, ReservationState, Stock};
+use crate::domain::{CommitResult, Reservation, ReservationState, Stock};
 use crate::repository::ReserveOutcome;
 use crate::service::InventoryService;
 
@@ -78,6 +78,29 @@ impl InventoryApi for InventoryGrpc {
         let reservation = self.service.commit(&request.into_inner().order_id).await?;
         Ok(Response::new(pb::CommitResponse {
             reservation: Some(reservation_to_pb(reservation)),
+        }))
+    }
+
+    async fn commit_many(
+        &self,
+        request: Request<pb::CommitManyRequest>,
+    ) -> Result<Response<pb::CommitManyResponse>, Status> {
+        let outcomes = self
+            .service
+            .commit_many(&request.into_inner().order_ids)
+            .await?;
+        Ok(Response::new(pb::CommitManyResponse {
+            outcomes: outcomes
+                .into_iter()
+                .map(|(order_id, result)| pb::CommitOutcome {
+                    order_id: order_id.to_string(),
+                    result: match result {
+                        CommitResult::Committed => pb::CommitResult::Committed,
+                        CommitResult::Released => pb::CommitResult::Released,
+                        CommitResult::NotFound => pb::CommitResult::NotFound,
+                    } as i32,
+                })
+                .collect(),
         }))
     }
 

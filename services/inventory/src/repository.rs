@@ -16,7 +16,7 @@ use stockmesh_platform::db::span as db_span;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::domain::{MAX_QUANTITY, Reservation, ReservationState, Stock};
+use crate::domain::{CommitResult, MAX_QUANTITY, Reservation, ReservationState, Stock};
 use crate::error::InventoryError;
 
 /// What `reserve` did.
@@ -301,6 +301,82 @@ impl InventoryRepository {
             .await?;
             tx.commit().await?;
             Ok(reservation)
+        }
+        .instrument(db_span("commit", "reservations"))
+        .await
+    }
+
+    /// Commits the reservations of many orders in one transaction: the
+    /// batch form of [`Self::commit`], answered per order id.
+    ///
+    /// Locks are taken in a fixed order (reservations by order id, then the
+    /// stock rows by product id) so that two batches, or a batch and the
+    /// single-order calls (reservation, then stock), can never deadlock.
+    pub async fn commit_many(
+        &self,
+        order_ids: &[Uuid],
+    ) -> Result<Vec<(Uuid, CommitResult)>, InventoryError> {
+        async {
+            let mut tx = self.pool.begin().await?;
+            let held: Vec<(Uuid, Uuid, i64)> = sqlx::query_as(
+                "SELECT order_id, product_id, quantity FROM reservations \
+                 WHERE order_id = ANY($1) AND state = 'reserved' \
+                 ORDER BY order_id FOR UPDATE",
+            )
+            .bind(order_ids)
+            .fetch_all(&mut *tx)
+            .await?;
+            if !held.is_empty() {
+                let mut per_product: std::collections::BTreeMap<Uuid, i64> = Default::default();
+                for (_, product_id, quantity) in &held {
+                    *per_product.entry(*product_id).or_default() += quantity;
+                }
+                let (products, quantities): (Vec<Uuid>, Vec<i64>) = per_product.into_iter().unzip();
+                sqlx::query(
+                    "SELECT 1 FROM stock WHERE product_id = ANY($1) ORDER BY product_id FOR UPDATE",
+                )
+                .bind(&products)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "UPDATE stock SET reserved = reserved - sold.quantity, updated_at = now() \
+                     FROM unnest($1::uuid[], $2::bigint[]) AS sold(product_id, quantity) \
+                     WHERE stock.product_id = sold.product_id",
+                )
+                .bind(&products)
+                .bind(&quantities)
+                .execute(&mut *tx)
+                .await?;
+                let committed: Vec<Uuid> = held.iter().map(|(order_id, _, _)| *order_id).collect();
+                sqlx::query(
+                    "UPDATE reservations SET state = 'committed', updated_at = now() \
+                     WHERE order_id = ANY($1)",
+                )
+                .bind(&committed)
+                .execute(&mut *tx)
+                .await?;
+            }
+            // Everything else as it stands: committed before, released
+            // (a tombstone too), or never reserved.
+            let states: std::collections::HashMap<Uuid, String> =
+                sqlx::query_as("SELECT order_id, state FROM reservations WHERE order_id = ANY($1)")
+                    .bind(order_ids)
+                    .fetch_all(&mut *tx)
+                    .await?
+                    .into_iter()
+                    .collect();
+            tx.commit().await?;
+            Ok(order_ids
+                .iter()
+                .map(|id| {
+                    let result = match states.get(id).map(String::as_str) {
+                        Some("committed") => CommitResult::Committed,
+                        Some(_) => CommitResult::Released,
+                        None => CommitResult::NotFound,
+                    };
+                    (*id, result)
+                })
+                .collect())
         }
         .instrument(db_span("commit", "reservations"))
         .await

@@ -3,11 +3,11 @@
 
 use uuid::Uuid;
 
-use crate::domain::{self, Reservation, Stock};
+use crate::domain::{self, CommitResult, Reservation, Stock};
 use crate::error::InventoryError;
 use crate::repository::{InventoryRepository, ReleaseOutcome, ReserveOutcome};
 
-/// Most product ids accepted in one `GetStocks` call.
+/// Most ids accepted in one `GetStocks` or `CommitMany` call.
 pub const MAX_BATCH: usize = 1000;
 
 #[derive(Clone)]
@@ -65,6 +65,29 @@ impl InventoryService {
         self.repository.commit(order_id).await
     }
 
+    /// Commits many orders' reservations at once (at most [`MAX_BATCH`]).
+    pub async fn commit_many(
+        &self,
+        order_ids: &[String],
+    ) -> Result<Vec<(Uuid, CommitResult)>, InventoryError> {
+        if order_ids.len() > MAX_BATCH {
+            return Err(InventoryError::TooManyIds {
+                field: "order_ids",
+                max: MAX_BATCH,
+            });
+        }
+        let ids = order_ids
+            .iter()
+            .map(|id| domain::parse_id("order_ids", id))
+            .collect::<Result<Vec<Uuid>, _>>()?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let outcomes = self.repository.commit_many(&ids).await?;
+        tracing::debug!(orders = ids.len(), "reservations committed");
+        Ok(outcomes)
+    }
+
     pub async fn get_stock(&self, product_id: &str) -> Result<Stock, InventoryError> {
         let product_id = domain::parse_id("product_id", product_id)?;
         self.repository
@@ -75,7 +98,10 @@ impl InventoryService {
 
     pub async fn get_stocks(&self, product_ids: &[String]) -> Result<Vec<Stock>, InventoryError> {
         if product_ids.len() > MAX_BATCH {
-            return Err(InventoryError::TooManyIds { max: MAX_BATCH });
+            return Err(InventoryError::TooManyIds {
+                field: "product_ids",
+                max: MAX_BATCH,
+            });
         }
         let ids = product_ids
             .iter()

@@ -236,6 +236,120 @@ async fn release_returns_units_exactly_once_and_commit_is_final() {
     app.stop().await;
 }
 
+async fn stock_of(app: &TestApp, product: &str) -> (i64, i64) {
+    let stock = app
+        .client()
+        .await
+        .get_stock(pb::GetStockRequest {
+            product_id: product.to_owned(),
+        })
+        .await
+        .expect("stock")
+        .into_inner()
+        .stock
+        .expect("a stock record");
+    (stock.available, stock.reserved)
+}
+
+/// CommitMany answers each order as Commit would, takes each reservation's
+/// units out of `reserved` exactly once (replays, duplicates in a batch
+/// and racing batches included), and overlapping batches never deadlock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commit_many_is_commit_for_a_batch_exactly_once() {
+    let app = TestApp::spawn().await;
+    let mut client = app.client().await;
+    let (lamp, chair) = (
+        product_with_stock(&app, 1000).await,
+        product_with_stock(&app, 1000).await,
+    );
+    let mut reserved = Vec::new();
+    for i in 0..40 {
+        let order = Uuid::now_v7().to_string();
+        let product = if i % 2 == 0 { &lamp } else { &chair };
+        client
+            .reserve(reserve(&order, product, 1 + i % 3))
+            .await
+            .expect("reserve");
+        reserved.push(order);
+    }
+    let released = reserved.pop().expect("an order");
+    client
+        .release(pb::ReleaseRequest {
+            order_id: released.clone(),
+        })
+        .await
+        .expect("release");
+    let unknown = Uuid::now_v7().to_string();
+    let held_before = stock_of(&app, &lamp).await.1 + stock_of(&app, &chair).await.1;
+    assert!(held_before > 0);
+
+    // Two batches over the same orders (in opposite order, with a
+    // duplicate), at the same time, several rounds.
+    let mut first: Vec<String> = reserved.clone();
+    first.push(released.clone());
+    first.push(unknown.clone());
+    first.push(reserved[0].clone());
+    let mut second = first.clone();
+    second.reverse();
+    let mut rounds = Vec::new();
+    for _ in 0..3 {
+        for batch in [first.clone(), second.clone()] {
+            let mut client = app.client().await;
+            rounds.push(async move {
+                client
+                    .commit_many(pb::CommitManyRequest { order_ids: batch })
+                    .await
+                    .map(|answer| answer.into_inner())
+            });
+        }
+    }
+    for answer in join_all(rounds).await {
+        let answer = answer.expect("no deadlock, no error");
+        assert_eq!(answer.outcomes.len(), first.len());
+        for outcome in &answer.outcomes {
+            let expected = if outcome.order_id == released {
+                pb::CommitResult::Released
+            } else if outcome.order_id == unknown {
+                pb::CommitResult::NotFound
+            } else {
+                pb::CommitResult::Committed
+            };
+            assert_eq!(outcome.result(), expected, "{}", outcome.order_id);
+        }
+    }
+    // Every committed unit left `reserved` once: nothing is held any more,
+    // and `available` did not move (the reserves lowered it already).
+    assert_eq!(stock_of(&app, &lamp).await.1, 0);
+    assert_eq!(stock_of(&app, &chair).await.1, 0);
+    let sold: i64 = (0..39).map(|i| 1 + i % 3).sum();
+    assert_eq!(
+        stock_of(&app, &lamp).await.0 + stock_of(&app, &chair).await.0,
+        2000 - sold
+    );
+
+    // Bad input is refused whole.
+    let malformed = client
+        .commit_many(pb::CommitManyRequest {
+            order_ids: vec![reserved[0].clone(), "not-a-uuid".into()],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(malformed.code(), Code::InvalidArgument);
+    let too_many = client
+        .commit_many(pb::CommitManyRequest {
+            order_ids: (0..1001).map(|_| Uuid::now_v7().to_string()).collect(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(too_many.code(), Code::InvalidArgument);
+    assert!(
+        too_many.message().contains("order_ids"),
+        "{}",
+        too_many.message()
+    );
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn stock_administration_never_goes_negative() {
     let app = TestApp::spawn().await;

@@ -18,6 +18,10 @@ pub struct Api {
     pub products: String,
     pub inventory: String,
     pub orders: String,
+    /// Every order replica: `LOADGEN_ORDER_URL` may list several, comma
+    /// separated (`make bench`'s scale-out step, replicas without a
+    /// balancer in front); orders are spread over them in turn.
+    pub order_replicas: Vec<String>,
     pub notifications: String,
     /// Services whose URL came from their own `LOADGEN_*_URL` (not the
     /// base URL), by service name.
@@ -42,11 +46,17 @@ impl Api {
                 None => base.to_owned(),
             }
         };
+        let order_replicas: Vec<String> = url("order")
+            .split(',')
+            .map(|u| u.trim().trim_end_matches('/').to_owned())
+            .filter(|u| !u.is_empty())
+            .collect();
         Ok(Self {
             users: url("user"),
             products: url("product"),
             inventory: url("inventory"),
-            orders: url("order"),
+            orders: order_replicas.first().cloned().unwrap_or_default(),
+            order_replicas,
             notifications: url("notification"),
             own_url,
             http,

@@ -535,7 +535,11 @@ async fn one_request(shared: &Arc<Shared>, i: u64, n: u64) {
     let api = &shared.api;
     let start = Instant::now();
     if is_order {
-        let url = format!("{}/api/orders", api.orders);
+        let replica = api
+            .order_replicas
+            .get((i as usize) % api.order_replicas.len().max(1))
+            .unwrap_or(&api.orders);
+        let url = format!("{replica}/api/orders");
         let span = client_span("POST", "/api/orders", &url);
         let result = api
             .http

@@ -20,8 +20,11 @@
 //!   (`notification replay-dead-letters`, see [`crate::replay`]).
 //!
 //! Up to `concurrency` deliveries are handled at once, each with its own
-//! transaction and acknowledgement (acks may go out of order; events carry
-//! no ordering promise and are deduplicated by id).
+//! acknowledgement (acks may go out of order; events carry no ordering
+//! promise and are deduplicated by id). Their rows are stored together when
+//! they arrive together (one statement and one commit for a group, see
+//! [`crate::repository::NotificationRepository::insert_if_absent`]); each
+//! is acked only after its own row is committed.
 //!
 //! A session is connect → declare → consume; when it ends (broker restart,
 //! connection lost, consumer cancelled) the loop starts a new one after a

@@ -19,6 +19,8 @@ const ATTEMPTS: u32 = 3;
 pub struct Upstreams {
     product: ProductServiceClient<Upstream>,
     inventory: InventoryServiceClient<Upstream>,
+    /// Inventory's breaker, asked before an order is stored.
+    inventory_breaker: stockmesh_platform::breaker::Breaker,
     budget: RetryBudget,
     products: Arc<ProductCache>,
 }
@@ -27,6 +29,7 @@ impl Upstreams {
     pub fn new(product: Upstream, inventory: Upstream, products: ProductCache) -> Self {
         Self {
             product: ProductServiceClient::new(product),
+            inventory_breaker: inventory.breaker().clone(),
             inventory: InventoryServiceClient::new(inventory),
             budget: RetryBudget::new(0.2),
             products: Arc::new(products),
@@ -59,6 +62,12 @@ impl Upstreams {
             .ok_or_else(|| tonic::Status::internal("product answer without a product"))
     }
 
+    /// How long inventory's breaker will still fail calls fast, if it is
+    /// open: an order placed now could only be stored to be failed.
+    pub fn inventory_refusing(&self) -> Option<std::time::Duration> {
+        self.inventory_breaker.refusing()
+    }
+
     pub async fn reserve(
         &self,
         order_id: Uuid,
@@ -78,17 +87,35 @@ impl Upstreams {
         .map(|_| ())
     }
 
-    /// Makes the order's reservation final in inventory (the units are sold).
-    pub async fn commit(&self, order_id: Uuid) -> Result<(), tonic::Status> {
-        retry(&self.budget, ATTEMPTS, || {
+    /// Makes the reservations of these orders final in inventory (the units
+    /// are sold), in one call and one inventory transaction: the answer for
+    /// each order, in the order asked.
+    pub async fn commit_many(
+        &self,
+        order_ids: &[Uuid],
+    ) -> Result<Vec<(Uuid, inv::CommitResult)>, tonic::Status> {
+        let request = inv::CommitManyRequest {
+            order_ids: order_ids.iter().map(Uuid::to_string).collect(),
+        };
+        let response = retry(&self.budget, ATTEMPTS, || {
             let mut client = self.inventory.clone();
-            let request = inv::CommitRequest {
-                order_id: order_id.to_string(),
-            };
-            async move { client.commit(request).await }
+            let request = request.clone();
+            async move { client.commit_many(request).await }
         })
-        .await
-        .map(|_| ())
+        .await?
+        .into_inner();
+        if response.outcomes.len() != order_ids.len() {
+            return Err(tonic::Status::internal(format!(
+                "CommitMany answered {} outcomes for {} orders",
+                response.outcomes.len(),
+                order_ids.len()
+            )));
+        }
+        Ok(order_ids
+            .iter()
+            .zip(response.outcomes)
+            .map(|(id, outcome)| (*id, outcome.result()))
+            .collect())
     }
 
     pub async fn release(&self, order_id: Uuid) -> Result<(), tonic::Status> {

@@ -22,12 +22,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use futures::StreamExt;
 use stockmesh_platform::auth::Caller;
 use stockmesh_platform::events::{
     ORDER_CANCELLED, ORDER_CONFIRMED, OrderEvent, OrderEventData, Total,
 };
 use stockmesh_platform::{broker, deadline};
+use stockmesh_proto::inventory::v1 as inv;
 use tokio::sync::Notify;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
@@ -49,8 +49,6 @@ pub struct OrderService {
 
 /// Confirmed orders read per commit round.
 const COMMIT_BATCH: i64 = 100;
-/// Commit calls in flight at once.
-const COMMIT_CONCURRENCY: usize = 8;
 /// Time kept, when reading an order back, to still answer before the
 /// request's deadline.
 const ANSWER_MARGIN: Duration = Duration::from_millis(100);
@@ -121,6 +119,12 @@ impl OrderService {
             .amount_minor
             .checked_mul(quantity)
             .ok_or(OrderError::Invalid("order total is too large"))?;
+        // Inventory's breaker is open: the reservation would fail fast, so
+        // the order is not stored only to be failed and compensated (two
+        // commits per refused order, while inventory is down). 503 at once.
+        if let Some(retry_after) = self.upstreams.inventory_refusing() {
+            return Err(OrderError::UpstreamUnavailable("inventory", retry_after));
+        }
         let now = Utc::now();
         let draft = Order {
             id: Uuid::now_v7(),
@@ -380,8 +384,9 @@ impl OrderService {
     }
 
     /// Commits in inventory the reservations of CONFIRMED orders not
-    /// committed yet, a batch at a time, until none is left or inventory
-    /// cannot be reached (the rest stays flagged for the next round).
+    /// committed yet, a batch at a time (one `CommitMany` call, one
+    /// inventory transaction per batch), until none is left or inventory
+    /// cannot be reached (the batch stays flagged for the next round).
     /// Returns how many orders were settled.
     pub async fn commit_confirmed(&self) -> Result<usize, OrderError> {
         let mut settled = 0;
@@ -390,38 +395,33 @@ impl OrderService {
             if ids.is_empty() {
                 return Ok(settled);
             }
-            let outcomes: Vec<(Uuid, Result<(), tonic::Status>)> =
-                futures::stream::iter(ids.iter().copied())
-                    .map(|id| async move { (id, self.upstreams.commit(id).await) })
-                    .buffer_unordered(COMMIT_CONCURRENCY)
-                    .collect()
-                    .await;
+            let outcomes = match self.upstreams.commit_many(&ids).await {
+                Ok(outcomes) => outcomes,
+                Err(status) => {
+                    tracing::debug!(orders = ids.len(), code = ?status.code(), "commit will be retried");
+                    return Ok(settled);
+                }
+            };
             let mut done = Vec::with_capacity(outcomes.len());
-            let mut unreachable = false;
-            for (id, outcome) in outcomes {
-                match outcome {
-                    Ok(()) => done.push(id),
+            for (id, result) in outcomes {
+                match result {
+                    inv::CommitResult::Committed => done.push(id),
                     // Final answers: nothing left to commit. Released: the
-                    // order was cancelled meanwhile (its release returned the
-                    // units). No reservation: nothing will ever commit it.
-                    Err(status)
-                        if matches!(
-                            status.code(),
-                            tonic::Code::FailedPrecondition | tonic::Code::NotFound
-                        ) =>
-                    {
-                        tracing::warn!(order_id = %id, code = ?status.code(), message = status.message(), "reservation of a confirmed order cannot be committed");
+                    // order was cancelled meanwhile (its release returned
+                    // the units). No reservation: nothing ever will commit it.
+                    inv::CommitResult::Released | inv::CommitResult::NotFound => {
+                        tracing::warn!(order_id = %id, ?result, "reservation of a confirmed order cannot be committed");
                         done.push(id);
                     }
-                    Err(status) => {
-                        tracing::debug!(order_id = %id, code = ?status.code(), "commit will be retried");
-                        unreachable = true;
+                    // An answer this version does not know: keep the flag.
+                    inv::CommitResult::Unspecified => {
+                        tracing::warn!(order_id = %id, "unknown commit answer; will ask again");
                     }
                 }
             }
             self.repository.clear_needs_commit(&done).await?;
             settled += done.len();
-            if unreachable || ids.len() < COMMIT_BATCH as usize {
+            if done.len() < ids.len() || ids.len() < COMMIT_BATCH as usize {
                 return Ok(settled);
             }
         }

@@ -165,6 +165,9 @@ async fn sweeper(
     }
 }
 
+/// How long the committer waits, once woken, for more confirms to batch.
+const COMMIT_LINGER: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// Commits confirmed orders' reservations in inventory: woken by each
 /// confirm (so the counters move at once, off the request's path, and a
 /// burst of confirms is committed in batches), and every `every` for the
@@ -173,7 +176,11 @@ async fn committer(service: OrderService, every: std::time::Duration, shutdown: 
     let wake = service.commit_wake();
     loop {
         tokio::select! {
-            _ = wake.notified() => {}
+            _ = wake.notified() => {
+                // Let the confirms of the next few milliseconds join the
+                // batch: one inventory commit for them all, not one each.
+                tokio::time::sleep(COMMIT_LINGER).await;
+            }
             _ = tokio::time::sleep(every) => {}
             _ = shutdown.cancelled() => return,
         }

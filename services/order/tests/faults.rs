@@ -43,6 +43,14 @@ async fn breaker_opens_fails_fast_and_recovers_on_its_own() {
         async move { http.get(url).send().await.unwrap().text().await.unwrap() }
     };
     let rejected_before = rejected_count(&metrics(&sys).await);
+    let pool = sys.order_db.pool().await;
+    let stored = |pool: sqlx::PgPool| async move {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM orders")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    let stored_before = stored(pool.clone()).await;
     let (status, body, headers) = sys.order(&user, &product, 1, None).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert!(
@@ -53,6 +61,11 @@ async fn breaker_opens_fails_fast_and_recovers_on_its_own() {
         "{body}"
     );
     assert!(headers.contains_key("retry-after"));
+    assert_eq!(
+        stored(pool.clone()).await,
+        stored_before,
+        "an order refused by the open breaker is not stored (nothing to fail or release)"
+    );
     let text = metrics(&sys).await;
     assert!(
         rejected_count(&text) > rejected_before,
@@ -81,7 +94,6 @@ async fn breaker_opens_fails_fast_and_recovers_on_its_own() {
     );
 
     // Nothing half-done: every failed order is FAILED and holds no stock.
-    let pool = sys.order_db.pool().await;
     for _ in 0..50 {
         let pending: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM orders WHERE status = 'PENDING' OR needs_release",

@@ -140,8 +140,8 @@ fn pick_among(
 pub(crate) struct Resolver<F> {
     pub(crate) name: &'static str,
     pub(crate) lookup: Lookup,
-    pub(crate) host: String,
-    pub(crate) port: u16,
+    /// The names looked up (usually one; a list when the URL lists several).
+    pub(crate) targets: Vec<(String, u16)>,
     pub(crate) endpoint: F,
     pub(crate) backends: tokio::sync::watch::Sender<Backends>,
 }
@@ -154,13 +154,16 @@ where
     /// connections), adds new ones, drops vanished ones (their calls in
     /// flight finish). A failed or empty lookup keeps what is known.
     pub(crate) async fn resolve_once(&self) {
-        let found = match (self.lookup)(self.host.clone(), self.port).await {
-            Ok(found) => found,
-            Err(err) => {
-                tracing::warn!(upstream = self.name, error = %err, "cannot resolve upstream; keeping known addresses");
-                return;
+        let mut found = Vec::new();
+        for (host, port) in &self.targets {
+            match (self.lookup)(host.clone(), *port).await {
+                Ok(addrs) => found.extend(addrs),
+                Err(err) => {
+                    tracing::warn!(upstream = self.name, %host, error = %err, "cannot resolve upstream; keeping known addresses");
+                    return;
+                }
             }
-        };
+        }
         if found.is_empty() {
             return;
         }

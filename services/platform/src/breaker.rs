@@ -207,6 +207,23 @@ impl Breaker {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// How long the breaker will still refuse calls, without asking for one
+    /// (no probe is started): `Some` while open and not due for a probe, or
+    /// half-open with its probe in flight; counted as a rejection, since the
+    /// caller then gives up the call. Lets a caller skip work that only
+    /// makes sense if the call can be made (the order service stores no
+    /// order it already knows inventory will refuse).
+    pub fn refusing(&self) -> Option<Duration> {
+        let now = Instant::now();
+        let wait = match *self.lock() {
+            Inner::Open { until, .. } if now < until => until - now,
+            Inner::HalfOpen { expires, .. } if now < expires => Duration::from_millis(500),
+            _ => return None,
+        };
+        self.rejected();
+        Some(wait)
+    }
+
     /// Asks to make a call.
     pub fn admit(&self) -> Result<Admission, Rejected> {
         let now = Instant::now();
@@ -453,6 +470,25 @@ mod tests {
         b.record(probe, true);
         assert_eq!(b.state(), BreakerState::Closed);
         assert!(b.admit().is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refusing_tells_without_taking_the_probe() {
+        let b = breaker();
+        assert_eq!(b.refusing(), None);
+        for _ in 0..3 {
+            fail(&b);
+        }
+        let wait = b.refusing().expect("open");
+        assert!(wait >= Duration::from_secs(1) && wait <= Duration::from_millis(1200));
+        tokio::time::advance(Duration::from_millis(1250)).await;
+        // Due for a probe: not refusing, and asking did not start the probe.
+        assert_eq!(b.refusing(), None);
+        assert_eq!(b.state(), BreakerState::Open);
+        let probe = b.admit().expect("the probe is still there to take");
+        assert!(b.refusing().is_some(), "refusing while the probe is out");
+        b.record(probe, true);
+        assert_eq!(b.refusing(), None);
     }
 
     #[tokio::test(start_paused = true)]

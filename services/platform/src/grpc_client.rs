@@ -64,6 +64,9 @@ pub struct UpstreamConfig {
     /// Short name for logs and metrics (`inventory`, `product`).
     pub name: &'static str,
     /// `http://host:port`; a name resolving to several addresses is balanced.
+    /// A comma-separated list (`http://a:1,http://b:2`) balances over every
+    /// address of every entry: replicas outside Kubernetes, where no single
+    /// name lists them (`make bench`'s scale-out step).
     pub url: String,
     /// Deadline of one call when the caller has no tighter one.
     pub timeout: Duration,
@@ -78,9 +81,9 @@ impl UpstreamConfig {
     /// `<PREFIX>_CONNECT_TIMEOUT_MS` and the shared `BREAKER_*` settings.
     pub fn read(env: &mut EnvReader, name: &'static str, prefix: &str, default_url: &str) -> Self {
         let url = env.with_default(&format!("{prefix}_GRPC_URL"), default_url.to_owned());
-        if Endpoint::from_shared(url.clone()).is_err() || host_port(&url).is_none() {
+        if targets(&url).is_none() {
             env.problem(format!(
-                "{prefix}_GRPC_URL is malformed: expected http://host:port"
+                "{prefix}_GRPC_URL is malformed: expected http://host:port (or a comma-separated list of them)"
             ));
         }
         Self {
@@ -95,6 +98,19 @@ impl UpstreamConfig {
             resolve_every: env.millis("UPSTREAM_RESOLVE_MS", Duration::from_secs(10)),
         }
     }
+}
+
+/// The host and port of every entry of a (comma-separated) upstream URL;
+/// `None` when any entry is malformed or the list is empty.
+fn targets(urls: &str) -> Option<Vec<(String, u16)>> {
+    urls.split(',')
+        .map(str::trim)
+        .map(|url| {
+            Endpoint::from_shared(url.to_owned()).ok()?;
+            host_port(url)
+        })
+        .collect::<Option<Vec<_>>>()
+        .filter(|targets| !targets.is_empty())
 }
 
 fn host_port(url: &str) -> Option<(String, u16)> {
@@ -132,7 +148,7 @@ impl Upstream {
         metrics: &Metrics,
         lookup: Lookup,
     ) -> anyhow::Result<Self> {
-        let (host, port) = host_port(&config.url)
+        let targets = targets(&config.url)
             .ok_or_else(|| anyhow::anyhow!("{}: malformed URL", config.name))?;
         let scheme = if config.url.starts_with("https://") {
             "https"
@@ -152,8 +168,7 @@ impl Upstream {
         let resolver = Resolver {
             name: config.name,
             lookup,
-            host,
-            port,
+            targets,
             endpoint,
             backends: sender,
         };
@@ -709,6 +724,39 @@ mod tests {
         addr
     }
 
+    /// A URL listing several entries balances over all of them (replicas
+    /// outside Kubernetes), and every call is answered.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_listed_url_balances_over_every_entry() {
+        let (first, second) = (healthy_upstream().await, healthy_upstream().await);
+        let config = UpstreamConfig {
+            name: "inventory",
+            url: format!("http://{first},http://{second}"),
+            timeout: Duration::from_secs(2),
+            connect_timeout: Duration::from_millis(500),
+            breaker: BreakerConfig {
+                failure_threshold: 5,
+                open_for: Duration::from_secs(1),
+                max_open: Duration::from_secs(1),
+            },
+            resolve_every: Duration::from_secs(60),
+        };
+        let upstream = Upstream::new(&config, &Metrics::new("test"))
+            .await
+            .expect("upstream");
+        let addrs: Vec<SocketAddr> = upstream.backends.borrow().iter().map(|b| b.addr).collect();
+        assert_eq!(addrs, vec![first, second]);
+        let mut client = tonic_health::pb::health_client::HealthClient::new(upstream.clone());
+        for _ in 0..20 {
+            let answer = client
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await;
+            assert!(answer.is_ok(), "answered: {answer:?}");
+        }
+    }
+
     /// Issue 14, item 5: an upstream whose name had no address when it was
     /// last looked up (pods not ready yet) is looked up again with a short
     /// backoff, and at once when a call needs it, so the call is answered
@@ -1050,5 +1098,11 @@ mod tests {
             Some(("127.0.0.1".into(), 50053))
         );
         assert_eq!(host_port("inventory"), None);
+        assert_eq!(
+            targets("http://127.0.0.1:1, http://127.0.0.1:2"),
+            Some(vec![("127.0.0.1".into(), 1), ("127.0.0.1".into(), 2)])
+        );
+        assert_eq!(targets("http://127.0.0.1:1,inventory"), None);
+        assert_eq!(targets(""), None);
     }
 }
