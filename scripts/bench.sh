@@ -2,14 +2,17 @@
 # `make bench`: measured throughput and latency of the order flow against
 # the machine's own ceiling, in one run.
 #
-#  1. ceiling: pgbench running the database work of one order
-#     (bench/order-ceiling.sql) against the services' own schema (their
-#     migrations applied to one database), at the concurrency that maximises it;
+#  1. two ceilings, each pgbench against the services' own schema (their
+#     migrations applied to one database) at the concurrency that maximises
+#     it: the design's (bench/order-ceiling.sql, our own statements one for
+#     one) and the minimal one (bench/order-minimal.sql, the least durable
+#     work any design of an order needs: three commits);
 #  2. stockmesh end to end (release build, all five services, real PostgreSQL
 #     and RabbitMQ, loadgen on the same machine): orders/s at increasing
 #     concurrency until throughput stops growing, latency at the best point
 #     and at 70 % of it (open loop), errors, notification lag;
-#  3. the ratio of the two;
+#  3. the system's ratio to each ceiling (the headline: to the minimal one);
+#     then 2 order + 2 inventory replicas (scale-out), closed loop;
 #  4. idle RSS of each service after start-up and its time from start to ready;
 #  5. logins/s (password checks, the CPU-heavy request) with the hashing bound
 #     and without it (a user process whose bound is too large to bite: the
@@ -21,7 +24,9 @@
 #     over both replicas; goal p99 <= 100 ms);
 #  7. 1,000 idle streams held by one fresh notification replica: its RSS
 #     (and anonymous RSS) before and with them open, and its
-#     stockmesh_notification_live_streams gauge.
+#     stockmesh_notification_live_streams gauge;
+#  8. breaker open: an order replica whose inventory is down, p99 of its
+#     503 answers (goal <= 5 ms).
 #
 # Results: bench/results/<date>.json and .md. Not part of `make test`.
 # Tunables: BENCH_SECONDS (per step, default 10), BENCH_PORT_BASE (default 27000,
@@ -67,7 +72,7 @@ pg_bin="$(for d in /usr/lib/postgresql/*/bin; do [ -x "$d/pgbench" ] && echo "$d
 [ -n "$pg_bin" ] || { log "pgbench not found (Debian package postgresql-contrib or postgresql)"; exit 1; }
 
 # ---------------------------------------------------------------- ceiling
-log "ceiling: pgbench with the database work of one order"
+log "ceiling, the design's: pgbench with bench/order-ceiling.sql (the database work of one order)"
 psql "$STACK_ADMIN" -q -c "CREATE DATABASE \"$ceiling_db\"" >/dev/null
 hostport="${STACK_ADMIN#*@}"; hostport="${hostport%%/*}"
 creds="${STACK_ADMIN#*://}"; creds="${creds%%@*}"
@@ -83,18 +88,27 @@ INSERT INTO products (id, name, price_minor, currency, stock_status)
 INSERT INTO stock (product_id, available)
   SELECT ('00000000-0000-0000-0000-' || lpad(n::text, 12, '0'))::uuid, 1000000000 FROM generate_series(1, 100) n;
 SQL
-# pgbench_tps C: orders/s of the ceiling script at concurrency C.
+# pgbench_tps SCRIPT C: orders/s of a ceiling script at concurrency C.
 pgbench_tps() {
-  PGPASSWORD="${creds#*:}" "$pg_bin/pgbench" -n -c "$1" -j 2 -T "$seconds" -f bench/order-ceiling.sql \
+  PGPASSWORD="${creds#*:}" "$pg_bin/pgbench" -n -c "$2" -j 2 -T "$seconds" -f "$1" \
     -h "${hostport%:*}" -p "${hostport##*:}" -U "${creds%%:*}" "$ceiling_db" 2>/dev/null \
     | awk '/^tps = / { print $3; exit }'
 }
-best_ceiling=0; best_ceiling_c=0
-for c in 4 8 16 32; do
-  tps="$(pgbench_tps "$c")" || tps=0
-  log "  pgbench -c $c: ${tps:-?} orders/s"
-  if awk -v a="${tps:-0}" -v b="$best_ceiling" 'BEGIN { exit !(a > b) }'; then best_ceiling="$tps"; best_ceiling_c=$c; fi
-done
+# best_tps SCRIPT: "<orders/s> <concurrency>" at the concurrency that maximises it.
+best_tps() {
+  local best=0 best_c=0 c tps
+  for c in 4 8 16 32; do
+    tps="$(pgbench_tps "$1" "$c")" || tps=0
+    log "  $(basename "$1") pgbench -c $c: ${tps:-?} orders/s"
+    if awk -v a="${tps:-0}" -v b="$best" 'BEGIN { exit !(a > b) }'; then best="$tps"; best_c=$c; fi
+  done
+  echo "$best $best_c"
+}
+# Two ceilings: the design's (our own statements, one for one) and the
+# minimal one (the least durable work any design of an order needs).
+read -r best_ceiling best_ceiling_c < <(best_tps bench/order-ceiling.sql)
+log "ceiling, the least work of an order: pgbench with bench/order-minimal.sql"
+read -r minimal_ceiling minimal_ceiling_c < <(best_tps bench/order-minimal.sql)
 
 # ---------------------------------------------------------------- system
 log "starting the system (release build)"
@@ -154,11 +168,44 @@ target="$(awk -v b="$best" 'BEGIN { printf "%.1f", b * 0.7 }')"
 log "stockmesh: open loop at 70 % of peak ($target orders/s)"
 loadgen --rate "$target" --lag-every 20 --json "$STACK_STATE/open-70.json" || true
 
+# ---------------------------------------------------------------- scale-out
+# Two replicas each of order and inventory on the same databases (as
+# Kubernetes would run them): each order replica balances over both
+# inventories (an upstream URL may list several replicas), loadgen spreads
+# orders over both order replicas. Closed loop at the single-replica peak's
+# concurrency and at twice it; the better is reported.
+scale_file=""
+log "scale-out: 2 order + 2 inventory replicas"
+stack_start inventory "HTTP_ADDR=127.0.0.1:$((base + 93))" "GRPC_ADDR=127.0.0.1:$((base + 63))" "RUST_LOG=warn"
+scale_pids=("${STACK_PIDS[-1]}")
+inventories="http://127.0.0.1:$((base + 53)),http://127.0.0.1:$((base + 63))"
+if stack_wait inventory "http://127.0.0.1:$((base + 93))/readyz"; then
+  for port in $((base + 94)) $((base + 95)); do
+    stack_start order "HTTP_ADDR=127.0.0.1:$port" "PRODUCT_GRPC_URL=http://127.0.0.1:$((base + 52))" \
+      "INVENTORY_GRPC_URL=$inventories" "RUST_LOG=warn"
+    scale_pids+=("${STACK_PIDS[-1]}")
+    stack_wait order "http://127.0.0.1:$port/readyz" || true
+  done
+  scale_best=0
+  for c in "$best_c" $((best_c * 2)); do
+    file="$STACK_STATE/scale-$c.json"
+    LOADGEN_ORDER_URL="http://127.0.0.1:$((base + 94)),http://127.0.0.1:$((base + 95))" \
+      loadgen --concurrency "$c" --lag-every 20 --json "$file" || true
+    rate="$(ok_rate "$file" 2>/dev/null || echo 0)"
+    log "  2 replicas, concurrency $c: $rate orders/s"
+    if awk -v a="$rate" -v b="$scale_best" 'BEGIN { exit !(a > b) }'; then scale_best="$rate"; scale_file="$file"; fi
+  done
+fi
+kill -TERM "${scale_pids[@]}" 2>/dev/null || true
+wait "${scale_pids[@]}" 2>/dev/null || true
+
 # The machine's speed drifts (disk flushes above all): the ceiling is measured
 # again after the system's runs, at its best concurrency, and the ratio uses
 # the mean of the two.
-ceiling_after="$(pgbench_tps "$best_ceiling_c")" || ceiling_after=0
-log "ceiling again after the system runs: pgbench -c $best_ceiling_c: ${ceiling_after:-?} orders/s"
+ceiling_after="$(pgbench_tps bench/order-ceiling.sql "$best_ceiling_c")" || ceiling_after=0
+log "design ceiling again after the system runs: pgbench -c $best_ceiling_c: ${ceiling_after:-?} orders/s"
+minimal_after="$(pgbench_tps bench/order-minimal.sql "$minimal_ceiling_c")" || minimal_after=0
+log "minimal ceiling again after the system runs: pgbench -c $minimal_ceiling_c: ${minimal_after:-?} orders/s"
 
 # ---------------------------------------------------------------- logins
 # Two fresh user processes on the same database: "bounded" as configured by
@@ -276,6 +323,26 @@ PY
   kill -TERM "$idle_pid" 2>/dev/null || true
 fi
 
+# ---------------------------------------------------------------- breaker open
+# An order replica whose inventory is down (its address refuses
+# connections): after a short warm-up its breaker is open, and every order
+# is answered 503 at once without being stored. Timed: those 503 answers.
+breaker_file="$STACK_STATE/breaker-open.json"
+breaker_port=$((base + 96))
+log "breaker open: orders to a replica whose inventory is down"
+stack_start order "HTTP_ADDR=127.0.0.1:$breaker_port" "PRODUCT_GRPC_URL=http://127.0.0.1:$((base + 52))" \
+  "INVENTORY_GRPC_URL=http://127.0.0.1:$((base + 99))" "RUST_LOG=error"
+breaker_pid="${STACK_PIDS[-1]}"
+if stack_wait order "http://127.0.0.1:$breaker_port/healthz"; then
+  LOADGEN_ORDER_URL="http://127.0.0.1:$breaker_port" "$STACK_BIN/loadgen" --admin-email "$admin_email" \
+    --admin-password "$admin_password" --mode orders --users 32 --products 20 --stock 100000000 \
+    --duration 3 --concurrency "$best_c" --lag-every 0 --quiet >/dev/null 2>&1 || true
+  LOADGEN_ORDER_URL="http://127.0.0.1:$breaker_port" loadgen --concurrency "$best_c" --lag-every 0 \
+    --json "$breaker_file" || true
+  log "  $(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); o=r["operations"]["order"]; print("p50 %.2f ms, p99 %.2f ms, max %.2f ms; answers by status: %s" % (o["p50_ms"], o["p99_ms"], o["max_ms"], {e["status"]: e["count"] for e in r["errors_by_status"]}))' "$breaker_file" 2>/dev/null || echo "no result")"
+fi
+kill -TERM "$breaker_pid" 2>/dev/null || true
+
 # ---------------------------------------------------------------- report
 rss_json="{"; ready_json="{"; anon_json="{"
 for svc in "${services[@]}"; do
@@ -284,9 +351,11 @@ for svc in "${services[@]}"; do
 done
 rss_json="${rss_json%,}}"; ready_json="${ready_json%,}}"; anon_json="${anon_json%,}}"
 python3 - "$out_dir/$stamp" "$best_ceiling" "$best_ceiling_c" "$best_c" "$best_file" "$STACK_STATE/open-70.json" \
-  "$rss_json" "$ready_json" "$seconds" "$anon_json" "${ceiling_after:-0}" "$login_json" "$live_file" "$idle_json" <<'PY'
+  "$rss_json" "$ready_json" "$seconds" "$anon_json" "${ceiling_after:-0}" "$login_json" "$live_file" "$idle_json" \
+  "$minimal_ceiling" "$minimal_ceiling_c" "${minimal_after:-0}" "${scale_file:-}" "$breaker_file" <<'PY'
 import json, os, platform, sys
-out, ceiling_before, ceiling_c, best_c, best_file, open_file, rss, ready, seconds, anon, ceiling_after, logins_file, live_file, idle_file = sys.argv[1:]
+(out, ceiling_before, ceiling_c, best_c, best_file, open_file, rss, ready, seconds, anon, ceiling_after, logins_file,
+ live_file, idle_file, minimal_before, minimal_c, minimal_after, scale_file, breaker_file) = sys.argv[1:]
 logins = json.load(open(logins_file))
 def load(path):
     try:
@@ -304,6 +373,22 @@ if live_run and "live_notification" in live_run:
             "reconnects": l["reconnects"], "resyncs": l["resyncs"], "goal_p99_ms": 100, "goal_met": l["p99_ms"] <= 100 and l["missing"] == 0}
 before, after = float(ceiling_before), float(ceiling_after or 0)
 ceiling = (before + after) / 2 if after > 0 else before
+m_before, m_after = float(minimal_before or 0), float(minimal_after or 0)
+minimal = (m_before + m_after) / 2 if m_after > 0 else m_before
+scale_run, breaker_run = load(scale_file) if scale_file else None, load(breaker_file)
+scale = None
+if scale_run:
+    so = scale_run["operations"].get("order", {})
+    scale = {"order_replicas": 2, "inventory_replicas": 2, "concurrency": scale_run["settings"]["concurrency"],
+             "orders_per_second": so.get("ok_per_second"), "p50_ms": so.get("p50_ms"), "p99_ms": so.get("p99_ms"),
+             "errors": scale_run["errors"]}
+breaker = None
+if breaker_run and "order" in breaker_run["operations"]:
+    bo = breaker_run["operations"]["order"]
+    by_status = {str(e["status"]): e["count"] for e in breaker_run["errors_by_status"]}
+    breaker = {"concurrency": breaker_run["settings"]["concurrency"], "answers_per_second": round(bo.get("per_second", 0), 1),
+               "p50_ms": bo.get("p50_ms"), "p99_ms": bo.get("p99_ms"), "max_ms": bo.get("max_ms"),
+               "answers_by_status": by_status, "goal_p99_ms": 5, "goal_met": (bo.get("p99_ms") or 1e9) <= 5 and set(by_status) == {"503"}}
 best = json.load(open(best_file)); open70 = json.load(open(open_file))
 cores = os.cpu_count()
 mem_gib = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
@@ -312,12 +397,16 @@ result = {
     "date": os.path.basename(out), "machine": {"cores": cores, "memory_gib": mem_gib, "kernel": platform.release()},
     "step_seconds": int(seconds),
     "ceiling": {"orders_per_second": round(ceiling, 1), "before": before, "after": after, "concurrency": int(ceiling_c)},
+    "minimal_ceiling": {"orders_per_second": round(minimal, 1), "before": m_before, "after": m_after, "concurrency": int(minimal_c)},
     "stockmesh": {
         "peak": {"concurrency": int(best_c), "orders_per_second": b["ok_per_second"], "p50_ms": b["p50_ms"], "p90_ms": b["p90_ms"], "p99_ms": b["p99_ms"], "errors": best["errors"]},
         "at_70_percent": {"target_rate": open70["settings"]["rate"], "orders_per_second": o["ok_per_second"], "p50_ms": o["p50_ms"], "p90_ms": o["p90_ms"], "p99_ms": o["p99_ms"], "errors": open70["errors"]},
         "notification_lag": open70["notification_lag"],
     },
     "ratio_to_ceiling": round(b["ok_per_second"] / float(ceiling), 3) if float(ceiling) else None,
+    "ratio_to_minimal_ceiling": round(b["ok_per_second"] / minimal, 3) if minimal else None,
+    "scale_out": scale,
+    "breaker_open": breaker,
     "idle_rss_mib": {k: round(v / 1024, 1) for k, v in json.loads(rss).items()},
     "idle_rss_anon_mib": {k: round(v / 1024, 1) for k, v in json.loads(anon).items()},
     "start_to_ready_ms": json.loads(ready),
@@ -333,15 +422,28 @@ Machine: {cores} cores, {mem_gib} GiB; everything (five services, PostgreSQL, Ra
 
 | measure | value |
 |---|---|
-| ceiling (pgbench, one order's DB work, -c {ceiling_c}; mean of before and after) | {ceiling:.0f} orders/s ({before:.0f} before, {after:.0f} after) |
+| **stockmesh / minimal ceiling** (the headline) | **{result['ratio_to_minimal_ceiling']}** |
+| minimal ceiling (pgbench, bench/order-minimal.sql: the least durable work of an order, 3 commits, -c {minimal_c}; mean of before and after) | {minimal:.0f} orders/s ({m_before:.0f} before, {m_after:.0f} after) |
+| design ceiling (pgbench, bench/order-ceiling.sql: our own statements one for one, -c {ceiling_c}; mean of before and after) | {ceiling:.0f} orders/s ({before:.0f} before, {after:.0f} after) |
 | stockmesh peak (closed loop, concurrency {best_c}) | {b['ok_per_second']:.0f} orders/s, p50 {b['p50_ms']:.1f} ms, p99 {b['p99_ms']:.1f} ms, {best['errors']} errors |
-| stockmesh / ceiling | {result['ratio_to_ceiling']} |
+| stockmesh / design ceiling | {result['ratio_to_ceiling']} |
 | at 70 % of peak (open loop, {open70['settings']['rate']} orders/s) | p50 {o['p50_ms']:.1f} ms, p90 {o['p90_ms']:.1f} ms, p99 {o['p99_ms']:.1f} ms, {open70['errors']} errors |
 | notification lag at 70 % | p50 {lag['p50_ms']:.1f} ms, p99 {lag['p99_ms']:.1f} ms ({lag['samples']} samples, {lag['timeouts']} not seen in 10 s) |
 | idle RSS (MiB) | {', '.join(f'{k} {v}' for k, v in result['idle_rss_mib'].items())} |
 | of which anonymous (MiB) | {', '.join(f'{k} {v}' for k, v in result['idle_rss_anon_mib'].items())} |
 | start to ready (ms) | {', '.join(f'{k} {v}' for k, v in result['start_to_ready_ms'].items())} |
 """
+if scale:
+    md += (f"| scale-out: 2 order + 2 inventory replicas (closed loop, concurrency {scale['concurrency']}) | "
+           f"{scale['orders_per_second']:.0f} orders/s, p50 {scale['p50_ms']:.1f} ms, p99 {scale['p99_ms']:.1f} ms, {scale['errors']} errors |\n")
+else:
+    md += "| scale-out: 2 order + 2 inventory replicas | not measured (see the log) |\n"
+if breaker:
+    verdict = "met" if breaker["goal_met"] else "missed"
+    md += (f"| breaker open (inventory down; closed loop, concurrency {breaker['concurrency']}) | 503 answers p50 {breaker['p50_ms']:.2f} ms, "
+           f"p99 {breaker['p99_ms']:.2f} ms, max {breaker['max_ms']:.2f} ms (goal p99 <= 5 ms: {verdict}); answers by status {breaker['answers_by_status']} |\n")
+else:
+    md += "| breaker open | not measured (see the log) |\n"
 def login_row(name, label):
     e = logins.get(name)
     if not e:
