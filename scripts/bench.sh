@@ -166,7 +166,17 @@ for c in 4 8 16 32 64 128; do
 done
 target="$(awk -v b="$best" 'BEGIN { printf "%.1f", b * 0.7 }')"
 log "stockmesh: open loop at 70 % of peak ($target orders/s)"
+# What the database did for them: commits (read-only ones included) and
+# WAL flushes (what a commit waits for; concurrent commits share one) of the
+# whole cluster during this step, per order confirmed.
+db_counters() {
+  psql "$STACK_ADMIN" -At -F ' ' -c "SELECT (SELECT sum(xact_commit) FROM pg_stat_database), wal_sync, wal_records FROM pg_stat_wal"
+}
+read -r commits_before syncs_before records_before < <(db_counters)
 loadgen --rate "$target" --lag-every 20 --json "$STACK_STATE/open-70.json" || true
+sleep 1 # statistics reach the views at most a second late
+read -r commits_after syncs_after records_after < <(db_counters)
+db_work="$(( commits_after - commits_before )) $(( syncs_after - syncs_before )) $(( records_after - records_before ))"
 
 # ---------------------------------------------------------------- scale-out
 # Two replicas each of order and inventory on the same databases (as
@@ -355,10 +365,10 @@ done
 rss_json="${rss_json%,}}"; ready_json="${ready_json%,}}"; anon_json="${anon_json%,}}"
 python3 - "$out_dir/$stamp" "$best_ceiling" "$best_ceiling_c" "$best_c" "$best_file" "$STACK_STATE/open-70.json" \
   "$rss_json" "$ready_json" "$seconds" "$anon_json" "${ceiling_after:-0}" "$login_json" "$live_file" "$idle_json" \
-  "$minimal_ceiling" "$minimal_ceiling_c" "${minimal_after:-0}" "${scale_file:-}" "$breaker_file" <<'PY'
+  "$minimal_ceiling" "$minimal_ceiling_c" "${minimal_after:-0}" "${scale_file:-}" "$breaker_file" "$db_work" <<'PY'
 import json, os, platform, sys
 (out, ceiling_before, ceiling_c, best_c, best_file, open_file, rss, ready, seconds, anon, ceiling_after, logins_file,
- live_file, idle_file, minimal_before, minimal_c, minimal_after, scale_file, breaker_file) = sys.argv[1:]
+ live_file, idle_file, minimal_before, minimal_c, minimal_after, scale_file, breaker_file, db_work) = sys.argv[1:]
 logins = json.load(open(logins_file))
 def load(path):
     try:
@@ -393,6 +403,10 @@ if breaker_run and "order" in breaker_run["operations"]:
                "p50_ms": bo.get("p50_ms"), "p99_ms": bo.get("p99_ms"), "max_ms": bo.get("max_ms"),
                "answers_by_status": by_status, "goal_p99_ms": 5, "goal_met": (bo.get("p99_ms") or 1e9) <= 5 and set(by_status) == {"503"}}
 best = json.load(open(best_file)); open70 = json.load(open(open_file))
+commits, syncs, records = (int(x) for x in db_work.split())
+confirmed = open70["operations"].get("order", {}).get("ok", 0) or 0
+per_order = {"commits": round(commits / confirmed, 2), "wal_flushes": round(syncs / confirmed, 2),
+             "wal_records": round(records / confirmed, 1), "orders": confirmed} if confirmed else None
 cores = os.cpu_count()
 mem_gib = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
 b, o = best["operations"]["order"], open70["operations"]["order"]
@@ -405,6 +419,7 @@ result = {
         "peak": {"concurrency": int(best_c), "orders_per_second": b["ok_per_second"], "p50_ms": b["p50_ms"], "p90_ms": b["p90_ms"], "p99_ms": b["p99_ms"], "errors": best["errors"]},
         "at_70_percent": {"target_rate": open70["settings"]["rate"], "orders_per_second": o["ok_per_second"], "p50_ms": o["p50_ms"], "p90_ms": o["p90_ms"], "p99_ms": o["p99_ms"], "errors": open70["errors"]},
         "notification_lag": open70["notification_lag"],
+        "database_work_per_order_at_70_percent": per_order,
     },
     "ratio_to_ceiling": round(b["ok_per_second"] / float(ceiling), 3) if float(ceiling) else None,
     "ratio_to_minimal_ceiling": round(b["ok_per_second"] / minimal, 3) if minimal else None,
@@ -432,6 +447,7 @@ Machine: {cores} cores, {mem_gib} GiB; everything (five services, PostgreSQL, Ra
 | stockmesh / design ceiling | {result['ratio_to_ceiling']} |
 | at 70 % of peak (open loop, {open70['settings']['rate']} orders/s) | p50 {o['p50_ms']:.1f} ms, p90 {o['p90_ms']:.1f} ms, p99 {o['p99_ms']:.1f} ms, {open70['errors']} errors |
 | notification lag at 70 % | p50 {lag['p50_ms']:.1f} ms, p99 {lag['p99_ms']:.1f} ms ({lag['samples']} samples, {lag['timeouts']} not seen in 10 s) |
+| database work per order at 70 % (whole cluster, read-only transactions included) | {f"{per_order['commits']} commits, {per_order['wal_flushes']} WAL flushes, {per_order['wal_records']} WAL records ({per_order['orders']} orders)" if per_order else "not measured"} |
 | idle RSS (MiB) | {', '.join(f'{k} {v}' for k, v in result['idle_rss_mib'].items())} |
 | of which anonymous (MiB) | {', '.join(f'{k} {v}' for k, v in result['idle_rss_anon_mib'].items())} |
 | start to ready (ms) | {', '.join(f'{k} {v}' for k, v in result['start_to_ready_ms'].items())} |
