@@ -79,20 +79,28 @@ impl NotificationRepository {
     /// still gets its own answer, and its delivery is acknowledged only
     /// after it. A group the database refuses is stored one by one, so one
     /// refused event never fails its neighbours.
+    ///
+    /// The database span is the caller's (a child of its delivery's
+    /// `process` span, in the order's trace) and lasts until its row is
+    /// committed, whichever statement carried it.
     pub async fn insert_if_absent(&self, new: &NewNotification) -> Stored {
-        let (answer, answered) = oneshot::channel();
-        let pending = PendingInsert {
-            new: new.clone(),
-            answer,
-        };
-        if self.inserts.send(pending).await.is_err() {
-            // The group task is gone (the runtime is shutting down).
-            return insert_one(&self.pool, new).await;
+        async {
+            let (answer, answered) = oneshot::channel();
+            let pending = PendingInsert {
+                new: new.clone(),
+                answer,
+            };
+            if self.inserts.send(pending).await.is_err() {
+                // The group task is gone (the runtime is shutting down).
+                return insert_one(&self.pool, new).await;
+            }
+            match answered.await {
+                Ok(stored) => stored,
+                Err(_) => insert_one(&self.pool, new).await,
+            }
         }
-        match answered.await {
-            Ok(stored) => stored,
-            Err(_) => insert_one(&self.pool, new).await,
-        }
+        .instrument(db_span("insert", "notifications"))
+        .await
     }
 
     /// A page of one user's notifications, newest first, and their total.
@@ -183,6 +191,8 @@ impl NotificationRepository {
 }
 
 /// Stores one notification (a group of one, or a refused group's member).
+/// No span of its own: the waiting caller's span covers it (the group task
+/// runs outside any trace).
 async fn insert_one(pool: &PgPool, new: &NewNotification) -> Stored {
     let row = sqlx::query(sqlx::AssertSqlSafe(format!(
         "INSERT INTO notifications (id, event_id, user_id, order_id, kind, message) \
@@ -196,7 +206,6 @@ async fn insert_one(pool: &PgPool, new: &NewNotification) -> Stored {
     .bind(new.kind.as_str())
     .bind(&new.message)
     .fetch_optional(pool)
-    .instrument(db_span("insert", "notifications"))
     .await?;
     row.as_ref().map(notification_from_row).transpose()
 }
@@ -292,8 +301,7 @@ async fn insert_group(pool: &PgPool, mut group: Vec<PendingInsert>) {
         .await?;
         tx.commit().await?;
         Ok::<_, sqlx::Error>(rows)
-    }
-    .instrument(db_span("insert", "notifications"));
+    };
     let Some(inserted) = unless_abandoned(&mut group, insert).await else {
         return;
     };
