@@ -9,22 +9,12 @@ use std::process::Command;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use common::{repo_root, tool};
+use common::{DEPLOYABLES, SVCS, repo_root, tool};
 use serde_json::Value;
 use stockmesh_operator::render::{RenderOptions, render_objects};
 use stockmesh_operator::{Desired, Kind};
 
 /// The five services (each with its own database).
-const SVCS: [&str; 5] = ["user", "product", "inventory", "order", "notification"];
-/// The Deployments of the examples: the five services and the web console.
-const DEPLOYABLES: [&str; 6] = [
-    "user",
-    "product",
-    "inventory",
-    "order",
-    "notification",
-    "web",
-];
 
 fn example(name: &str) -> String {
     let path = repo_root().join("k8s/examples").join(name);

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use common::{Call, Fake, NS, UID, coll, cr_collection, prime, system};
+use common::{Call, DEPLOYABLES, Fake, NS, SVCS, UID, coll, cr_collection, prime, system};
 use kube::runtime::controller::Action;
 use serde_json::{Value, json};
 use stockmesh_operator::InventorySystem;
@@ -16,16 +16,6 @@ use stockmesh_operator::controller::{Context, reconcile};
 use stockmesh_operator::metrics::Metrics;
 
 /// The five services (each with its own database).
-const SVCS: [&str; 5] = ["user", "product", "inventory", "order", "notification"];
-/// Every Deployment of a default spec: the five services and the web console.
-const DEPLOYABLES: [&str; 6] = [
-    "user",
-    "product",
-    "inventory",
-    "order",
-    "notification",
-    "web",
-];
 
 /// Runs one reconcile of `obj` against the fake; returns its result and the calls.
 async fn run(

@@ -10,21 +10,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::{Call, Fake, NS, coll, cr_collection, system};
+use common::{Call, DEPLOYABLES, Fake, NS, coll, cr_collection, system};
 use serde_json::json;
 use stockmesh_operator::controller::Context;
 use stockmesh_operator::metrics::Metrics;
 use stockmesh_operator::runner::{self, Scope};
-
-/// The Deployments of a default spec: the five services and the web console.
-const SVCS: [&str; 6] = [
-    "user",
-    "product",
-    "inventory",
-    "order",
-    "notification",
-    "web",
-];
 
 /// Requests other than watches.
 fn non_watch(calls: &[Call]) -> Vec<String> {
@@ -97,7 +87,7 @@ fn make_ready(fake: &Fake) {
         st.touch(&statefulsets, &sts);
     }
     let deployments = coll("apps/v1", "deployments");
-    for svc in SVCS {
+    for svc in DEPLOYABLES {
         let name = format!("shop-{svc}");
         if let Some(o) = st.get_mut(&deployments, &name) {
             let replicas = o["spec"]["replicas"].as_i64().unwrap_or(0);

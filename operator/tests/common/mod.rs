@@ -17,6 +17,17 @@ use stockmesh_operator::rbac;
 use stockmesh_operator::{InventorySystem, Kind};
 
 pub const NS: &str = "default";
+/// The five services (each with its own database).
+pub const SVCS: [&str; 5] = ["user", "product", "inventory", "order", "notification"];
+/// Every Deployment of a default spec: the five services and the web console.
+pub const DEPLOYABLES: [&str; 6] = [
+    "user",
+    "product",
+    "inventory",
+    "order",
+    "notification",
+    "web",
+];
 pub const UID: &str = "5f0c2b1e-0000-4000-8000-000000000001";
 
 #[derive(Clone, Debug)]

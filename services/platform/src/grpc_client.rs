@@ -724,14 +724,12 @@ mod tests {
         addr
     }
 
-    /// A URL listing several entries balances over all of them (replicas
-    /// outside Kubernetes), and every call is answered.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_listed_url_balances_over_every_entry() {
-        let (first, second) = (healthy_upstream().await, healthy_upstream().await);
-        let config = UpstreamConfig {
+    /// An upstream named `inventory` at `url`: 2 s calls, a breaker that
+    /// opens after 5 failures for 1 s, looked up again every 60 s.
+    fn test_config(url: String) -> UpstreamConfig {
+        UpstreamConfig {
             name: "inventory",
-            url: format!("http://{first},http://{second}"),
+            url,
             timeout: Duration::from_secs(2),
             connect_timeout: Duration::from_millis(500),
             breaker: BreakerConfig {
@@ -740,7 +738,15 @@ mod tests {
                 max_open: Duration::from_secs(1),
             },
             resolve_every: Duration::from_secs(60),
-        };
+        }
+    }
+
+    /// A URL listing several entries balances over all of them (replicas
+    /// outside Kubernetes), and every call is answered.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_listed_url_balances_over_every_entry() {
+        let (first, second) = (healthy_upstream().await, healthy_upstream().await);
+        let config = test_config(format!("http://{first},http://{second}"));
         let upstream = Upstream::new(&config, &Metrics::new("test"))
             .await
             .expect("upstream");
@@ -778,19 +784,8 @@ mod tests {
                 Box::pin(async move { Ok(found) })
             })
         };
-        let config = UpstreamConfig {
-            name: "inventory",
-            url: "http://inventory-grpc:50051".to_owned(),
-            timeout: Duration::from_secs(2),
-            connect_timeout: Duration::from_millis(500),
-            breaker: BreakerConfig {
-                failure_threshold: 5,
-                open_for: Duration::from_secs(1),
-                max_open: Duration::from_secs(1),
-            },
-            // The regular period would be far too late.
-            resolve_every: Duration::from_secs(60),
-        };
+        // Its regular lookup period (60 s) would be far too late.
+        let config = test_config("http://inventory-grpc:50051".to_owned());
         let upstream = Upstream::with_lookup(&config, &Metrics::new("test"), lookup)
             .await
             .expect("upstream");
