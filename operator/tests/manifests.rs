@@ -14,8 +14,6 @@ use serde_json::Value;
 use stockmesh_operator::render::{RenderOptions, render_objects};
 use stockmesh_operator::{Desired, Kind};
 
-/// The five services (each with its own database).
-
 fn example(name: &str) -> String {
     let path = repo_root().join("k8s/examples").join(name);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))

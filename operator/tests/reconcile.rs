@@ -15,8 +15,6 @@ use stockmesh_operator::InventorySystem;
 use stockmesh_operator::controller::{Context, reconcile};
 use stockmesh_operator::metrics::Metrics;
 
-/// The five services (each with its own database).
-
 /// Runs one reconcile of `obj` against the fake; returns its result and the calls.
 async fn run(
     fake: &Fake,
