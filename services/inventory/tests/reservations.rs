@@ -117,6 +117,68 @@ async fn concurrent_reserves_never_oversell_and_replays_change_nothing() {
     app.stop().await;
 }
 
+/// The same order reserved by many calls at once (a retried call racing
+/// its original): the one-statement fast path lets exactly one take the
+/// units; the others lose on the order's key, take nothing and answer as
+/// replays. Nothing is taken twice and nothing fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicates_of_one_reserve_racing_take_its_units_once() {
+    let app = TestApp::spawn().await;
+    let product = product_with_stock(&app, 100).await;
+    let client = app.client().await;
+    let pool = app.db.pool().await;
+    // Hold the stock row so that every call has read "no reservation yet"
+    // before the first one can take anything: a true race, every time.
+    let mut holder = pool.begin().await.expect("begin");
+    sqlx::query("SELECT 1 FROM stock WHERE product_id = $1::uuid FOR UPDATE")
+        .bind(&product)
+        .execute(&mut *holder)
+        .await
+        .expect("lock the stock row");
+    let orders: Vec<String> = (0..10).map(|_| Uuid::now_v7().to_string()).collect();
+    let calls = orders.iter().flat_map(|order| {
+        (0..8).map(|_| {
+            let mut client = client.clone();
+            let request = reserve(order, &product, 3);
+            async move { client.reserve(request).await }
+        })
+    });
+    let answers = tokio::spawn(join_all(calls));
+    let mut waiting = 0_i64;
+    for _ in 0..200 {
+        waiting = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'WITH taken%'",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("count waiting reserves");
+        if waiting >= 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(waiting >= 2, "the reserves queue on the stock row");
+    holder.commit().await.expect("let them go");
+    for answer in answers.await.expect("reserves") {
+        let answer = answer
+            .expect("every duplicate answers as the original")
+            .into_inner();
+        assert_eq!(answer.reservation.expect("reservation").quantity, 3);
+    }
+    assert_eq!(
+        stock_of(&app, &product).await,
+        (70, 30),
+        "ten orders of 3 units, each taken once"
+    );
+    let rows: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM reservations WHERE state = 'reserved'")
+            .fetch_one(&pool)
+            .await
+            .expect("count reservations");
+    assert_eq!(rows, 10);
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn release_returns_units_exactly_once_and_commit_is_final() {
     let app = TestApp::spawn().await;
