@@ -104,6 +104,23 @@ impl InventoryApi for InventoryGrpc {
         }))
     }
 
+    async fn list_held(
+        &self,
+        request: Request<pb::ListHeldRequest>,
+    ) -> Result<Response<pb::ListHeldResponse>, Status> {
+        let request = request.into_inner();
+        let held = self
+            .service
+            .list_held(
+                std::time::Duration::from_millis(request.older_than_ms),
+                request.limit,
+            )
+            .await?;
+        Ok(Response::new(pb::ListHeldResponse {
+            reservations: held.into_iter().map(reservation_to_pb).collect(),
+        }))
+    }
+
     async fn get_stock(
         &self,
         request: Request<pb::GetStockRequest>,

@@ -438,6 +438,26 @@ impl InventoryRepository {
         .await
     }
 
+    /// Reservations still held and made more than `seconds` ago, oldest
+    /// first (the partial index `reservations_held_idx`).
+    pub async fn held_older_than(
+        &self,
+        seconds: f64,
+        limit: i64,
+    ) -> Result<Vec<Reservation>, InventoryError> {
+        let rows = sqlx::query(
+            "SELECT order_id, product_id, quantity, state FROM reservations \
+             WHERE state = 'reserved' AND created_at < now() - make_interval(secs => $1) \
+             ORDER BY created_at LIMIT $2",
+        )
+        .bind(seconds)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .instrument(db_span("select", "reservations"))
+        .await?;
+        rows.iter().map(holding_from_row).collect()
+    }
+
     pub async fn get_stock(&self, product_id: Uuid) -> Result<Option<Stock>, InventoryError> {
         sqlx::query_as::<_, Stock>(
             "SELECT product_id, available, reserved FROM stock WHERE product_id = $1",

@@ -65,6 +65,25 @@ impl InventoryService {
         self.repository.commit(order_id).await
     }
 
+    /// Reservations still held after `older_than` (at most `limit`, 1 to
+    /// [`MAX_BATCH`]), oldest first: what the order service settles when
+    /// their order was never stored.
+    pub async fn list_held(
+        &self,
+        older_than: std::time::Duration,
+        limit: u32,
+    ) -> Result<Vec<Reservation>, InventoryError> {
+        if limit == 0 || limit as usize > MAX_BATCH {
+            return Err(InventoryError::InvalidQuantity {
+                field: "limit",
+                reason: "must be between 1 and 1000",
+            });
+        }
+        self.repository
+            .held_older_than(older_than.as_secs_f64(), i64::from(limit))
+            .await
+    }
+
     /// Commits many orders' reservations at once (at most [`MAX_BATCH`]).
     pub async fn commit_many(
         &self,

@@ -118,6 +118,40 @@ impl Upstreams {
             .collect())
     }
 
+    /// Reservations inventory still holds that were made more than
+    /// `older_than` ago (at most `limit`): `(order id, product id, quantity)`.
+    pub async fn held_reservations(
+        &self,
+        older_than: std::time::Duration,
+        limit: u32,
+    ) -> Result<Vec<(Uuid, Uuid, i64)>, tonic::Status> {
+        let request = inv::ListHeldRequest {
+            older_than_ms: u64::try_from(older_than.as_millis()).unwrap_or(u64::MAX),
+            limit,
+        };
+        let response = retry(&self.budget, ATTEMPTS, || {
+            let mut client = self.inventory.clone();
+            async move { client.list_held(request).await }
+        })
+        .await?
+        .into_inner();
+        response
+            .reservations
+            .into_iter()
+            .map(|held| {
+                let order = Uuid::parse_str(&held.order_id);
+                let product = Uuid::parse_str(&held.product_id);
+                match (order, product) {
+                    (Ok(order), Ok(product)) => Ok((order, product, held.quantity)),
+                    _ => Err(tonic::Status::internal(format!(
+                        "ListHeld answered a malformed reservation ({:?}, {:?})",
+                        held.order_id, held.product_id
+                    ))),
+                }
+            })
+            .collect()
+    }
+
     pub async fn release(&self, order_id: Uuid) -> Result<(), tonic::Status> {
         retry(&self.budget, ATTEMPTS, || {
             let mut client = self.inventory.clone();

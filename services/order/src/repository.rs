@@ -67,42 +67,132 @@ impl OrderRepository {
         &self.pool
     }
 
-    /// Stores a PENDING order; `Ok(Err(existing))` when the idempotency key
-    /// is taken (by a concurrent or earlier request).
-    pub async fn insert_pending(&self, order: &Order) -> Result<Result<Order, Order>, OrderError> {
-        async {
-            let inserted = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "INSERT INTO orders (id, user_id, product_id, product_name, quantity, unit_price_minor, total_minor, \
-                 currency, status, idempotency_key, request_hash, trace_id) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'PENDING', $9, $10, $11) \
-                 ON CONFLICT (user_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING \
-                 RETURNING {COLUMNS}"
-            )))
-            .bind(order.id)
-            .bind(order.user_id)
-            .bind(order.product_id)
-            .bind(&order.product_name)
-            .bind(order.quantity)
-            .bind(order.unit_price_minor)
-            .bind(order.total_minor)
-            .bind(&order.currency)
-            .bind(order.idempotency_key.as_deref())
-            .bind(order.request_hash.as_deref())
-            .bind(order.trace_id.as_deref())
-            .fetch_optional(&self.pool)
-            .await?;
-            if let Some(row) = inserted {
-                return Ok(Ok(order_from_row(&row)?));
-            }
-            let key = order.idempotency_key.as_deref().unwrap_or_default();
-            let existing = self
-                .by_idempotency_key(order.user_id, key)
-                .await?
-                .ok_or(OrderError::InProgress)?;
-            Ok(Err(existing))
-        }
+    /// Stores a new order CONFIRMED with its event, flagged for the
+    /// inventory Commit of its reservation, in one statement (one implicit
+    /// transaction, one round trip): the order is stored once, after its
+    /// stock was reserved. `Ok(None)` when its idempotency key is taken (a
+    /// concurrent request with the same key was stored first). An order
+    /// whose id is taken (the sweeper fenced it as abandoned, see
+    /// [`Self::fence_abandoned`]) fails with a unique violation.
+    pub async fn insert_confirmed(
+        &self,
+        order: &Order,
+        event: &OutboxEvent,
+    ) -> Result<Option<Order>, OrderError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "WITH stored AS ( \
+               INSERT INTO orders (id, user_id, product_id, product_name, quantity, unit_price_minor, \
+                 total_minor, currency, status, needs_commit, idempotency_key, request_hash, trace_id) \
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'CONFIRMED', true, $9, $10, $11) \
+               ON CONFLICT (user_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING \
+               RETURNING {COLUMNS} \
+             ), event AS ( \
+               INSERT INTO outbox (event_id, routing_key, payload, trace_context) \
+               SELECT $12, $13, $14, $15 FROM stored \
+             ) \
+             SELECT {COLUMNS} FROM stored"
+        )))
+        .bind(order.id)
+        .bind(order.user_id)
+        .bind(order.product_id)
+        .bind(&order.product_name)
+        .bind(order.quantity)
+        .bind(order.unit_price_minor)
+        .bind(order.total_minor)
+        .bind(&order.currency)
+        .bind(order.idempotency_key.as_deref())
+        .bind(order.request_hash.as_deref())
+        .bind(order.trace_id.as_deref())
+        .bind(event.event_id)
+        .bind(&event.routing_key)
+        .bind(&event.payload)
+        .bind(serde_json::to_value(&event.trace_context).unwrap_or_default())
+        .fetch_optional(&self.pool)
+        .instrument(db_span("commit", "orders+outbox"))
+        .await?;
+        row.as_ref().map(order_from_row).transpose()
+    }
+
+    /// Stores a new order that ended without being confirmed (`REJECTED`,
+    /// or `FAILED` with `needs_release` when stock may be held for it).
+    /// `false` when nothing was stored: its id or its idempotency key is
+    /// already taken.
+    pub async fn insert_unconfirmed(
+        &self,
+        order: &Order,
+        status: OrderStatus,
+        reason: &str,
+        needs_release: bool,
+    ) -> Result<bool, OrderError> {
+        let done = sqlx::query(
+            "INSERT INTO orders (id, user_id, product_id, product_name, quantity, unit_price_minor, \
+               total_minor, currency, status, failure_reason, needs_release, idempotency_key, \
+               request_hash, trace_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(order.id)
+        .bind(order.user_id)
+        .bind(order.product_id)
+        .bind(&order.product_name)
+        .bind(order.quantity)
+        .bind(order.unit_price_minor)
+        .bind(order.total_minor)
+        .bind(&order.currency)
+        .bind(status.as_str())
+        .bind(reason)
+        .bind(needs_release)
+        .bind(order.idempotency_key.as_deref())
+        .bind(order.request_hash.as_deref())
+        .bind(order.trace_id.as_deref())
+        .execute(&self.pool)
         .instrument(db_span("insert", "orders"))
-        .await
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Settles reservations inventory still holds long after any saga
+    /// could have stored their order (`(order id, product id, quantity)`):
+    /// - no order row: one is stored FAILED and flagged for release. It
+    ///   takes the order's id, so a confirm arriving even later fails on
+    ///   the key instead of selling units that are being given back (the
+    ///   fence); it has no user (the nil id) and no price, as only
+    ///   inventory's side of the order was ever known;
+    /// - a CONFIRMED order: flagged for the Commit again; a FAILED or
+    ///   CANCELLED one: flagged for the release again (both idempotent);
+    /// - a PENDING order (stored by an earlier version): left to the
+    ///   pending timeout.
+    ///
+    /// Returns how many orders were fenced.
+    pub async fn fence_abandoned(&self, held: &[(Uuid, Uuid, i64)]) -> Result<u64, OrderError> {
+        let ids: Vec<Uuid> = held.iter().map(|(id, _, _)| *id).collect();
+        let products: Vec<Uuid> = held.iter().map(|(_, product, _)| *product).collect();
+        let quantities: Vec<i64> = held.iter().map(|(_, _, quantity)| *quantity).collect();
+        let fenced: i64 = sqlx::query_scalar(
+            "WITH fenced AS ( \
+               INSERT INTO orders (id, user_id, product_id, product_name, quantity, unit_price_minor, \
+                 total_minor, currency, status, failure_reason, needs_release) \
+               SELECT id, '00000000-0000-0000-0000-000000000000', product_id, '', quantity, 0, 0, '', \
+                 'FAILED', 'abandoned: its stock was reserved but the order was never stored', true \
+               FROM unnest($1::uuid[], $2::uuid[], $3::bigint[]) AS held(id, product_id, quantity) \
+               WHERE quantity > 0 \
+               ON CONFLICT (id) DO NOTHING RETURNING id \
+             ), to_commit AS ( \
+               UPDATE orders SET needs_commit = true \
+               WHERE id = ANY($1) AND status = 'CONFIRMED' AND NOT needs_commit \
+             ), to_release AS ( \
+               UPDATE orders SET needs_release = true \
+               WHERE id = ANY($1) AND status IN ('FAILED', 'CANCELLED') AND NOT needs_release \
+             ) \
+             SELECT count(*) FROM fenced",
+        )
+        .bind(&ids)
+        .bind(&products)
+        .bind(&quantities)
+        .fetch_one(&self.pool)
+        .instrument(db_span("insert", "orders"))
+        .await?;
+        Ok(u64::try_from(fenced).unwrap_or_default())
     }
 
     pub async fn by_idempotency_key(
@@ -117,30 +207,6 @@ impl OrderRepository {
         .bind(key)
         .fetch_optional(&self.pool)
         .instrument(db_span("select", "orders"))
-        .await?;
-        row.as_ref().map(order_from_row).transpose()
-    }
-
-    /// Ends a PENDING order as REJECTED or FAILED; `None` when it is not
-    /// PENDING any more (confirmed, or failed by the sweeper): the update
-    /// is conditional, so it can never overwrite a confirm.
-    pub async fn finish_pending(
-        &self,
-        id: Uuid,
-        status: OrderStatus,
-        reason: &str,
-        needs_release: bool,
-    ) -> Result<Option<Order>, OrderError> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "UPDATE orders SET status = $2, failure_reason = $3, needs_release = $4, updated_at = now() \
-             WHERE id = $1 AND status = 'PENDING' RETURNING {COLUMNS}"
-        )))
-        .bind(id)
-        .bind(status.as_str())
-        .bind(reason)
-        .bind(needs_release)
-        .fetch_optional(&self.pool)
-        .instrument(db_span("update", "orders"))
         .await?;
         row.as_ref().map(order_from_row).transpose()
     }

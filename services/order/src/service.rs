@@ -1,22 +1,31 @@
-//! The order saga (ARCHITECTURE.md, "The order saga"):
+//! The order saga (ARCHITECTURE.md, "The order saga"), storing each order
+//! once, after its stock is held:
 //! 1. validate; price and name from product;
-//! 2. store the order PENDING;
-//! 3. inventory `Reserve` keyed by the order id (idempotent);
-//! 4. shortage → REJECTED (409);
-//! 5. CONFIRMED + the `order.confirmed` outbox row in one transaction (201);
-//! 6. any failure after step 3 → FAILED (only while still PENDING), then
-//!    `Release` (idempotent);
-//! 7. after the answer, inventory `Commit` of the confirmed order's
+//! 2. inventory `Reserve` keyed by a new order id (idempotent);
+//! 3. shortage → the order is stored REJECTED (409);
+//! 4. the order is stored CONFIRMED with its `order.confirmed` outbox row,
+//!    in one statement (201);
+//! 5. a failure after step 2 → the order is stored FAILED (taking its id,
+//!    so a late confirm cannot land), then `Release` (idempotent);
+//! 6. after the answer, inventory `Commit` of the confirmed order's
 //!    reservation, in the background ([`OrderService::commit_confirmed`]).
 //!
 //! Outcomes are decided from the stored state, never from an error alone:
 //! a confirm whose reply was lost may have committed, so the order is read
-//! back before anything is compensated, and every move out of PENDING is a
-//! conditional update, so a confirm and a compensation can never both win.
+//! back before anything is compensated, and the order's id is the fence:
+//! whichever of the confirm and the compensation stores it first wins.
 //! A compensation that cannot run now (inventory down) is recorded
-//! (`needs_release`) and retried by [`OrderService::sweep`], which also
-//! fails orders whose saga died while PENDING; a commit that cannot run now
-//! stays flagged (`needs_commit`) and is retried. Nothing is left half-done.
+//! (`needs_release`) and retried by [`OrderService::sweep`]. A process
+//! that dies between the reserve and the insert leaves a reservation with
+//! no order: the sweeper asks inventory for reservations held longer than
+//! any saga (`ListHeld`), stores their orders FAILED and releases them.
+//! A commit that cannot run now stays flagged (`needs_commit`) and is
+//! retried. Nothing is left half-done.
+//!
+//! Why once: the order used to be stored PENDING before the reserve and
+//! moved to CONFIRMED after it, two commits in the order database per
+//! order on the request's path; now it is one (issue 17). PENDING rows of
+//! an earlier version are still failed after the pending timeout.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,6 +58,8 @@ pub struct OrderService {
 
 /// Confirmed orders read per commit round.
 const COMMIT_BATCH: i64 = 100;
+/// Held reservations settled per sweep.
+const SETTLE_BATCH: u32 = 100;
 /// Time kept, when reading an order back, to still answer before the
 /// request's deadline.
 const ANSWER_MARGIN: Duration = Duration::from_millis(100);
@@ -57,13 +68,13 @@ const READ_BACK_ATTEMPTS: u32 = 5;
 
 /// What a compensation found.
 enum Compensation {
-    /// The order was PENDING and is now FAILED; its reservation released
-    /// (or flagged for the sweeper).
+    /// The order is stored FAILED; its reservation released (or flagged
+    /// for the sweeper).
     Failed,
-    /// The order was not PENDING any more: someone else decided it.
-    NotPending,
-    /// The database could not be reached: the order stays PENDING and the
-    /// sweeper fails it and releases its reservation later.
+    /// The order's id was taken: it was stored meanwhile (or fenced).
+    NotStored,
+    /// The database could not be reached: nothing is stored, and the
+    /// sweeper settles the reservation once it is older than any saga.
     Unknown,
 }
 
@@ -135,7 +146,7 @@ impl OrderService {
             unit_price_minor: price.amount_minor,
             total_minor: total,
             currency: price.currency,
-            status: OrderStatus::Pending,
+            status: OrderStatus::Confirmed,
             failure_reason: None,
             idempotency_key: idempotency_key.map(str::to_owned),
             request_hash: idempotency_key.map(|_| hash.clone()),
@@ -143,37 +154,17 @@ impl OrderService {
             created_at: now,
             updated_at: now,
         };
-        let order = match self.repository.insert_pending(&draft).await? {
-            Ok(order) => order,
-            Err(existing) => return replay(existing, &hash),
-        };
-        tracing::info!(order_id = %order.id, %product_id, quantity, "order pending");
 
-        if let Err(status) = self.upstreams.reserve(order.id, product_id, quantity).await {
-            return Err(self.reservation_failed(&order, &status).await);
+        if let Err(status) = self.upstreams.reserve(draft.id, product_id, quantity).await {
+            return Err(self.reservation_failed(&draft, &status).await);
         }
+        tracing::info!(order_id = %draft.id, %product_id, quantity, "stock reserved");
 
-        let event = outbox_event(ORDER_CONFIRMED, &order);
-        match self
-            .repository
-            .transition_with_event(
-                order.id,
-                OrderStatus::Pending,
-                OrderStatus::Confirmed,
-                false,
-                &event,
-            )
-            .await
-        {
+        let event = outbox_event(ORDER_CONFIRMED, &draft);
+        match self.repository.insert_confirmed(&draft, &event).await {
             Ok(Some(confirmed)) => Ok(self.confirmed(confirmed)),
-            Ok(None) => {
-                // The sweeper declared it abandoned meanwhile; it releases.
-                Err(OrderError::UpstreamUnavailable(
-                    "order database",
-                    Duration::from_secs(1),
-                ))
-            }
-            Err(err) => self.confirm_failed(&order, err).await,
+            Ok(None) => self.key_taken(&draft, &hash).await,
+            Err(err) => self.store_failed(&draft, err).await,
         }
     }
 
@@ -189,52 +180,74 @@ impl OrderService {
         }
     }
 
-    /// The confirm statement failed, or its reply was lost: it may have
-    /// committed all the same (the connection dropped after the commit).
-    /// What is stored decides: CONFIRMED is a success; still PENDING is
-    /// compensated; unknown (the database is unreachable) is left to the
-    /// sweeper, which decides from the stored state in turn.
-    async fn confirm_failed(&self, order: &Order, err: OrderError) -> Result<Placed, OrderError> {
-        let Some(stored) = self.read_back(order.id).await else {
-            tracing::warn!(order_id = %order.id, error = %err, "confirm failed and the order cannot be read back; left to the sweeper");
-            return Err(err);
+    /// A concurrent request with the same idempotency key was stored first:
+    /// this one's reservation is given back (now, or by the sweeper, which
+    /// finds it held with no order) and the stored order answers.
+    async fn key_taken(&self, draft: &Order, hash: &str) -> Result<Placed, OrderError> {
+        if let Err(status) = self.upstreams.release(draft.id).await {
+            tracing::warn!(order_id = %draft.id, code = ?status.code(), "duplicate's reservation not released now; the sweeper will");
+        }
+        let key = draft.idempotency_key.as_deref().unwrap_or_default();
+        match self
+            .repository
+            .by_idempotency_key(draft.user_id, key)
+            .await?
+        {
+            Some(existing) => replay(existing, hash),
+            None => Err(OrderError::InProgress),
+        }
+    }
+
+    /// Storing the confirmed order failed, or its reply was lost: it may
+    /// have committed all the same (the connection dropped after the
+    /// commit). What is stored decides: CONFIRMED is a success; nothing
+    /// stored is compensated; unknown (the database is unreachable) is left
+    /// to the sweeper, which finds the reservation held with no order and
+    /// fences it, or finds the order confirmed and leaves it.
+    async fn store_failed(&self, draft: &Order, err: OrderError) -> Result<Placed, OrderError> {
+        let stored = match self.read_back(draft.id).await {
+            Ok(stored) => stored,
+            Err(unknown) => {
+                tracing::warn!(order_id = %draft.id, error = %err, read_back = %unknown, "storing the order failed and it cannot be read back; left to the sweeper");
+                return Err(err);
+            }
         };
-        match stored.status {
-            OrderStatus::Confirmed => {
-                tracing::warn!(order_id = %order.id, error = %err, "the confirm's answer was lost, but it committed");
+        match stored {
+            Some(stored) if stored.status == OrderStatus::Confirmed => {
+                tracing::warn!(order_id = %draft.id, error = %err, "the order's answer was lost, but it was stored");
                 Ok(self.confirmed(stored))
             }
-            OrderStatus::Pending => {
-                match self.compensate(order, "could not confirm the order").await {
-                    Compensation::NotPending => {
-                        // The confirm statement landed after all (it was
-                        // still running when it seemed to fail).
-                        match self.read_back(order.id).await {
-                            Some(stored) if stored.status == OrderStatus::Confirmed => {
-                                Ok(self.confirmed(stored))
-                            }
-                            _ => Err(err),
+            // Fenced by the sweeper as abandoned; it releases the units.
+            Some(_) => Err(err),
+            None => match self.compensate(draft, "could not store the order").await {
+                Compensation::NotStored => {
+                    // The id is taken after all: the insert landed late.
+                    match self.read_back(draft.id).await {
+                        Ok(Some(stored)) if stored.status == OrderStatus::Confirmed => {
+                            Ok(self.confirmed(stored))
                         }
+                        _ => Err(err),
                     }
-                    Compensation::Failed | Compensation::Unknown => Err(err),
                 }
-            }
-            // Failed by the sweeper, which releases its reservation.
-            _ => Err(err),
+                Compensation::Failed | Compensation::Unknown => Err(err),
+            },
         }
     }
 
     /// Reads an order back, retrying with backoff while the database is
     /// unreachable, but only as long as the request's deadline leaves time
-    /// to answer (a few attempts outside a request). `None`: unknown.
-    async fn read_back(&self, id: Uuid) -> Option<Order> {
+    /// to answer (a few attempts outside a request). `Ok(None)`: not
+    /// stored; `Err`: unknown.
+    async fn read_back(&self, id: Uuid) -> Result<Option<Order>, OrderError> {
         let mut backoff = Duration::from_millis(25);
         let mut attempt = 1;
         loop {
             let read = match deadline::remaining() {
                 Some(left) => {
                     // No time left to read and still answer: unknown.
-                    let budget = left.checked_sub(ANSWER_MARGIN)?;
+                    let budget = left
+                        .checked_sub(ANSWER_MARGIN)
+                        .ok_or(OrderError::UpstreamTimeout("order database"))?;
                     tokio::time::timeout(budget, self.repository.get(id))
                         .await
                         .unwrap_or_else(|_| Err(OrderError::UpstreamTimeout("order database")))
@@ -242,7 +255,7 @@ impl OrderService {
                 None => self.repository.get(id).await,
             };
             let err = match read {
-                Ok(order) => return order,
+                Ok(order) => return Ok(order),
                 Err(err) => err,
             };
             let time_left = deadline::remaining().map_or(attempt < READ_BACK_ATTEMPTS, |left| {
@@ -250,7 +263,7 @@ impl OrderService {
             });
             if !time_left {
                 tracing::warn!(order_id = %id, error = %err, attempt, "cannot read the order back");
-                return None;
+                return Err(err);
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_millis(500));
@@ -258,66 +271,81 @@ impl OrderService {
         }
     }
 
-    async fn reservation_failed(&self, order: &Order, status: &tonic::Status) -> OrderError {
+    async fn reservation_failed(&self, draft: &Order, status: &tonic::Status) -> OrderError {
         match status.code() {
             tonic::Code::FailedPrecondition | tonic::Code::NotFound => {
+                // Nothing is held: the rejection is stored for the record
+                // (and for replays of its idempotency key), best effort.
                 let reason = format!("insufficient stock: {}", status.message());
                 if let Err(err) = self
                     .repository
-                    .finish_pending(order.id, OrderStatus::Rejected, &reason, false)
+                    .insert_unconfirmed(draft, OrderStatus::Rejected, &reason, false)
                     .await
                 {
-                    tracing::error!(order_id = %order.id, error = %err, "cannot mark order rejected; the sweeper will fail it");
+                    tracing::error!(order_id = %draft.id, error = %err, "cannot store the rejected order");
                 }
-                tracing::info!(order_id = %order.id, "order rejected: insufficient stock");
+                tracing::info!(order_id = %draft.id, "order rejected: insufficient stock");
                 OrderError::InsufficientStock(status.message().to_owned())
             }
             tonic::Code::Aborted => {
                 // Inventory had released this order before the reserve
-                // arrived (the saga was given up): nothing is held for it.
+                // arrived: nothing is held for it.
                 let reason = "released before its stock was reserved";
                 if let Err(err) = self
                     .repository
-                    .finish_pending(order.id, OrderStatus::Failed, reason, false)
+                    .insert_unconfirmed(draft, OrderStatus::Failed, reason, false)
                     .await
                 {
-                    tracing::error!(order_id = %order.id, error = %err, "cannot mark order failed; the sweeper will");
+                    tracing::error!(order_id = %draft.id, error = %err, "cannot store the failed order");
                 }
-                tracing::warn!(order_id = %order.id, "order failed: {reason}");
-                OrderError::PreviouslyFailed(order.id)
+                tracing::warn!(order_id = %draft.id, "order failed: {reason}");
+                OrderError::PreviouslyFailed(draft.id)
             }
             _ => {
                 // The reservation may or may not have happened (a timeout):
                 // release it either way; Release is idempotent.
-                self.compensate(order, "inventory unavailable").await;
+                self.compensate(draft, "inventory unavailable").await;
                 OrderError::upstream("inventory", status)
             }
         }
     }
 
-    /// Fails a PENDING order and releases its reservation. FAILED comes
-    /// first, conditional on PENDING and flagged for release in the same
-    /// statement: if a confirm landed meanwhile, it wins and nothing is
-    /// released; if the release cannot run now, the sweeper retries it.
-    async fn compensate(&self, order: &Order, reason: &str) -> Compensation {
-        match self
+    /// Stores the order FAILED, flagged for release, then releases its
+    /// reservation. The row comes first and takes the order's id: if the
+    /// confirmed insert landed meanwhile, it wins and nothing is released;
+    /// if the release cannot run now, the sweeper retries it. A taken
+    /// idempotency key (a concurrent duplicate was stored) does not stop
+    /// it: the row is then stored without the key.
+    async fn compensate(&self, draft: &Order, reason: &str) -> Compensation {
+        let mut stored = self
             .repository
-            .finish_pending(order.id, OrderStatus::Failed, reason, true)
-            .await
-        {
-            Ok(Some(_)) => {}
-            Ok(None) => return Compensation::NotPending,
+            .insert_unconfirmed(draft, OrderStatus::Failed, reason, true)
+            .await;
+        if matches!(stored, Ok(false)) && draft.idempotency_key.is_some() {
+            let keyless = Order {
+                idempotency_key: None,
+                request_hash: None,
+                ..draft.clone()
+            };
+            stored = self
+                .repository
+                .insert_unconfirmed(&keyless, OrderStatus::Failed, reason, true)
+                .await;
+        }
+        match stored {
+            Ok(true) => {}
+            Ok(false) => return Compensation::NotStored,
             Err(err) => {
-                tracing::error!(order_id = %order.id, error = %err, "cannot mark order failed; left PENDING for the sweeper");
+                tracing::error!(order_id = %draft.id, error = %err, "cannot store the failed order; its reservation is left to the sweeper");
                 return Compensation::Unknown;
             }
         }
-        let released = self.upstreams.release(order.id).await.is_ok();
-        if released && let Err(err) = self.repository.clear_needs_release(order.id).await {
+        let released = self.upstreams.release(draft.id).await.is_ok();
+        if released && let Err(err) = self.repository.clear_needs_release(draft.id).await {
             // Harmless: the sweeper releases again, and Release is idempotent.
-            tracing::debug!(order_id = %order.id, error = %err, "release flag not cleared");
+            tracing::debug!(order_id = %draft.id, error = %err, "release flag not cleared");
         }
-        tracing::warn!(order_id = %order.id, reason, released, "order failed");
+        tracing::warn!(order_id = %draft.id, reason, released, "order failed");
         Compensation::Failed
     }
 
@@ -427,12 +455,15 @@ impl OrderService {
         }
     }
 
-    /// Background compensation: fails abandoned PENDING orders and retries
-    /// releases that could not run. Returns how many releases succeeded.
-    /// Both decide from the stored state: only PENDING orders are
-    /// abandoned (a conditional update), and only FAILED or CANCELLED
-    /// orders are released, never a CONFIRMED one.
+    /// Background compensation: settles reservations whose order was
+    /// never stored, fails PENDING orders left by an earlier version, and
+    /// retries releases that could not run. Returns how many releases
+    /// succeeded. Everything decides from the stored state: a reservation
+    /// is only given up by storing its order FAILED first (which fails if
+    /// the order was stored), and only FAILED or CANCELLED orders are
+    /// released, never a CONFIRMED one.
     pub async fn sweep(&self, pending_timeout: Duration) -> Result<usize, OrderError> {
+        self.settle_unstored(pending_timeout).await?;
         let abandoned = self
             .repository
             .abandon_stale_pending(pending_timeout.as_secs_f64())
@@ -449,6 +480,39 @@ impl OrderService {
             released += 1;
         }
         Ok(released)
+    }
+}
+
+impl OrderService {
+    /// Reservations held in inventory for longer than any saga can take
+    /// (`older_than`, the pending timeout, outlasts every request): an
+    /// order still not stored by then never will be (its process died
+    /// between the reserve and the insert, or the database was gone), so
+    /// it is stored FAILED, fencing out a confirm that might still arrive,
+    /// and released by the release pass that follows.
+    async fn settle_unstored(&self, older_than: Duration) -> Result<(), OrderError> {
+        let held = match self
+            .upstreams
+            .held_reservations(older_than, SETTLE_BATCH)
+            .await
+        {
+            Ok(held) => held,
+            Err(status) => {
+                tracing::debug!(code = ?status.code(), "held reservations not listed; next sweep");
+                return Ok(());
+            }
+        };
+        if held.is_empty() {
+            return Ok(());
+        }
+        let fenced = self.repository.fence_abandoned(&held).await?;
+        if fenced > 0 {
+            tracing::warn!(
+                fenced,
+                "reservations whose order was never stored: stored FAILED, their units are released"
+            );
+        }
+        Ok(())
     }
 }
 

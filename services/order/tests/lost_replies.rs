@@ -105,7 +105,8 @@ impl PgCutter {
     }
 
     fn restore(&self) {
-        let _ = self.shared.open.send(true);
+        // `send` would fail once no connection is left to watch.
+        self.shared.open.send_replace(true);
     }
 }
 
@@ -208,7 +209,7 @@ async fn proxy(inbound: TcpStream, target: SocketAddr, shared: Arc<Shared>) {
                     // the cut statement reaches the client.
                     cut.store(true, Ordering::SeqCst);
                     if shared.blackout_after_cut {
-                        let _ = shared.open.send(false);
+                        shared.open.send_replace(false);
                     }
                 }
                 if server_write.write_all(&out).await.is_err() {
@@ -384,5 +385,91 @@ async fn a_lost_confirm_with_the_database_gone_is_left_to_the_stored_state() {
         Some("released")
     );
     assert_eq!(sys.stock(&product).await.0, 8);
+    sys.stop().await;
+}
+
+/// The order's stock is reserved, then the database is gone before the
+/// order is stored, and stays gone past the request: nothing is stored,
+/// the units are held. Once the database is back and the reservation is
+/// older than any saga (the pending timeout), the sweeper finds it held
+/// with no order (`ListHeld`), stores the order FAILED under its id and
+/// releases the units. The stored row is the fence: a confirm of that
+/// order arriving even later cannot be stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reservation_whose_order_was_never_stored_is_fenced_and_released() {
+    let cutter = PgCutter::start(Cut::BeforeExecute, true).await;
+    let sys = System::start_routed(
+        &[
+            ("REQUEST_TIMEOUT_MS", "3000"),
+            ("PENDING_TIMEOUT_MS", "4000"),
+            ("DATABASE_ACQUIRE_TIMEOUT_MS", "300"),
+        ],
+        |url| cutter.route(url),
+    )
+    .await;
+    let product = sys.product("Milk jug", 10).await;
+    let user = sys.user();
+
+    let (status, body, _) = sys.order(&user, &product, 2, None).await;
+    assert!(
+        cutter.fired(),
+        "the connection was cut before the order was stored"
+    );
+    assert!(status.is_server_error(), "{status} {body}");
+    let pool = sys.order_db.pool().await;
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
+        .fetch_one(&pool)
+        .await
+        .expect("count orders");
+    assert_eq!(stored, 0, "nothing could be stored");
+    assert_eq!(sys.stock(&product).await, (8, 2), "the units are held");
+    let held: uuid::Uuid =
+        sqlx::query_scalar("SELECT order_id FROM reservations WHERE state = 'reserved'")
+            .fetch_one(&sys.inventory_db.pool().await)
+            .await
+            .expect("one held reservation");
+
+    cutter.restore();
+    let mut settled = (8, 2);
+    for _ in 0..100 {
+        settled = sys.stock(&product).await;
+        if settled == (10, 0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        settled,
+        (10, 0),
+        "the units came back after the pending timeout"
+    );
+    let id = held.to_string();
+    assert_eq!(
+        reservation_state(&sys, &id).await.as_deref(),
+        Some("released")
+    );
+    assert_eq!(stored_status(&sys, &id).await, "FAILED");
+    let (user_id, reason): (uuid::Uuid, String) =
+        sqlx::query_as("SELECT user_id, failure_reason FROM orders WHERE id = $1")
+            .bind(held)
+            .fetch_one(&pool)
+            .await
+            .expect("the fenced order");
+    assert!(user_id.is_nil(), "only inventory's side of it was known");
+    assert!(reason.contains("never stored"), "{reason}");
+
+    // The fence: the confirm of that order, arriving now, cannot be stored.
+    let late = sqlx::query(
+        "INSERT INTO orders (id, user_id, product_id, product_name, quantity, unit_price_minor, \
+           total_minor, currency, status, needs_commit) \
+         VALUES ($1, $2, $3::uuid, 'Milk jug', 2, 250, 500, 'EUR', 'CONFIRMED', true)",
+    )
+    .bind(held)
+    .bind(uuid::Uuid::now_v7())
+    .bind(&product)
+    .execute(&pool)
+    .await;
+    assert!(late.is_err(), "a late confirm conflicts with the fence");
+    assert_eq!(stored_status(&sys, &id).await, "FAILED");
     sys.stop().await;
 }

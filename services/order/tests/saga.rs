@@ -160,6 +160,42 @@ async fn idempotency_key_replays_and_refuses_a_different_body() {
     sys.stop().await;
 }
 
+/// The same idempotency key sent many times at once: each request
+/// reserves under its own order id before anything is stored, so the
+/// first one stored wins and every other one gives its units back and
+/// answers with the winner. One order, its units taken once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_key_sent_at_once_stores_one_order_and_takes_its_units_once() {
+    let sys = System::start(&[]).await;
+    let product = sys.product("Saucer", 20).await;
+    let user = sys.user();
+    let answers =
+        futures::future::join_all((0..8).map(|_| sys.order(&user, &product, 3, Some("burst-1"))))
+            .await;
+    let mut ids = std::collections::BTreeSet::new();
+    for (status, body, _) in &answers {
+        assert_eq!(*status, StatusCode::CREATED, "{body}");
+        assert_eq!(body["status"], "CONFIRMED");
+        ids.insert(body["id"].as_str().expect("an order id").to_owned());
+    }
+    assert_eq!(ids.len(), 1, "every answer is the one order: {ids:?}");
+    let pool = sys.order_db.pool().await;
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
+        .fetch_one(&pool)
+        .await
+        .expect("count orders");
+    assert_eq!(
+        stored, 1,
+        "nothing else stored, not even a FAILED duplicate"
+    );
+    assert_eq!(
+        sys.settled_stock(&product).await,
+        (17, 0),
+        "3 units sold once; the duplicates' reservations were released"
+    );
+    sys.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_refused_and_stores_nothing() {
     let sys = System::start(&[]).await;
