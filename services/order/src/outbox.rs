@@ -40,6 +40,13 @@
 //!
 //! Published rows are deleted once older than `OUTBOX_RETENTION_MS` by
 //! [`prune`], in small batches; unpublished rows are never deleted.
+//!
+//! The relay's statements go through their own small pool whose commits do
+//! not wait for the WAL flush (`stockmesh_platform::db::unflushed_pool`):
+//! a claim lost in a database crash is a lease that never was, a lost mark
+//! republishes an event that consumers drop as a duplicate, and a lost
+//! prune runs again. The rows themselves were stored durably with their
+//! order. So the relay adds no flush of its own to an order's path.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;

@@ -23,6 +23,10 @@ use crate::outbox::{self, RelayConfig, RelayMetrics};
 use crate::repository::OrderRepository;
 use crate::service::OrderService;
 
+/// Connections of the relay's own pool: the relay and the pruner, one
+/// statement at a time each.
+const RELAY_CONNECTIONS: u32 = 2;
+
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 pub struct Application {
@@ -99,6 +103,9 @@ impl Application {
         // outbox holds their events).
         let readiness = Readiness::new(shutdown.clone())
             .with_dependency("database", db::readiness_check(&pool));
+        // The relay's claims and marks are bookkeeping that is redone when
+        // lost (db::unflushed_pool): they need not wait for a WAL flush.
+        let relay_pool = db::unflushed_pool(&config.database, RELAY_CONNECTIONS)?;
         let relay_metrics = RelayMetrics::register(&metrics, &pool);
         let relay_config = RelayConfig {
             broker: config.broker.clone(),
@@ -108,14 +115,14 @@ impl Application {
             prune_every: config.outbox_prune_every,
         };
         shutdown.spawn(outbox::run(
-            pool.clone(),
+            relay_pool.clone(),
             relay_config.clone(),
             relay_metrics.clone(),
             relay_wake,
             shutdown.clone(),
         ));
         shutdown.spawn(outbox::prune(
-            pool.clone(),
+            relay_pool.clone(),
             relay_config,
             relay_metrics,
             shutdown.clone(),
@@ -140,6 +147,7 @@ impl Application {
         let server = shutdown.spawn(http::serve(listener, app, shutdown.clone()));
         let drained = shutdown.drained(config.common.shutdown_grace).await;
         pool.close().await;
+        relay_pool.close().await;
         server.await??;
         anyhow::ensure!(drained, "shutdown grace period exceeded");
         Ok(())

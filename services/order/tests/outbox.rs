@@ -434,3 +434,41 @@ async fn published_rows_are_pruned_after_the_retention_and_unpublished_ones_are_
     let _ = connection.close(200, "done".into()).await;
     relay.stop().await;
 }
+
+/// The relay's pool commits without waiting for the WAL flush (its claims
+/// and marks are redone when lost); the pool that stores orders keeps the
+/// database's durable default. The database is set to wait for the flush,
+/// as production databases are (the test server itself does not).
+#[tokio::test]
+async fn only_the_relays_bookkeeping_commits_without_waiting_for_the_flush() {
+    use stockmesh_platform::config::DatabaseConfig;
+    use stockmesh_platform::db;
+
+    let test_db = TestDatabase::create().await;
+    let admin = test_db.pool().await;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        r#"ALTER DATABASE "{}" SET synchronous_commit = on"#,
+        test_db.name
+    )))
+    .execute(&admin)
+    .await
+    .expect("durable commits by default");
+    admin.close().await;
+    let config = DatabaseConfig {
+        url: test_db.url.clone(),
+        max_connections: 1,
+        acquire_timeout: Duration::from_secs(5),
+    };
+    let show = |pool: PgPool| async move {
+        let setting: String = sqlx::query_scalar("SHOW synchronous_commit")
+            .fetch_one(&pool)
+            .await
+            .expect("show synchronous_commit");
+        pool.close().await;
+        setting
+    };
+    let orders = db::pool(&config).expect("the service's pool");
+    let relay = db::unflushed_pool(&config, 1).expect("the relay's pool");
+    assert_eq!(show(orders).await, "on", "orders wait for the flush");
+    assert_eq!(show(relay).await, "off", "the relay's bookkeeping does not");
+}

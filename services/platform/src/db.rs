@@ -4,7 +4,7 @@
 use prometheus_client::metrics::gauge::Gauge;
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 use crate::config::DatabaseConfig;
 use crate::metrics::Metrics;
@@ -19,8 +19,28 @@ pub const PING_IF_IDLE_FOR: std::time::Duration = std::time::Duration::from_secs
 /// Connections that sat idle are checked before use, so a database restart
 /// costs no failed requests once traffic has paused for a second.
 pub fn pool(config: &DatabaseConfig) -> Result<PgPool, sqlx::Error> {
+    pool_options(config, config.max_connections).connect_lazy(&config.url)
+}
+
+/// A small pool, opened lazily like [`pool`], whose commits do not wait
+/// for the WAL flush (`synchronous_commit = off`): only for writes that are
+/// safe to lose in a database crash because they are redone when missing,
+/// such as the outbox relay's claims (a lease that lapses anyway) and its
+/// publish marks (a lost one republishes an event that consumers drop as a
+/// duplicate). Everything else becomes durable with the next flush, a few
+/// milliseconds later. Never for anything a client was told is stored.
+pub fn unflushed_pool(
+    config: &DatabaseConfig,
+    max_connections: u32,
+) -> Result<PgPool, sqlx::Error> {
+    let options: PgConnectOptions = config.url.parse()?;
+    Ok(pool_options(config, max_connections)
+        .connect_lazy_with(options.options([("synchronous_commit", "off")])))
+}
+
+fn pool_options(config: &DatabaseConfig, max_connections: u32) -> PgPoolOptions {
     PgPoolOptions::new()
-        .max_connections(config.max_connections)
+        .max_connections(max_connections)
         .acquire_timeout(config.acquire_timeout)
         .test_before_acquire(false)
         .before_acquire(|conn, meta| {
@@ -32,7 +52,6 @@ pub fn pool(config: &DatabaseConfig) -> Result<PgPool, sqlx::Error> {
                 Ok(true)
             })
         })
-        .connect_lazy(&config.url)
 }
 
 /// Runs the service's embedded migrations, retrying while the database is
