@@ -129,6 +129,58 @@ impl AuthConfig {
 pub struct Verifier {
     key: Arc<DecodingKey>,
     validation: Arc<Validation>,
+    verified: Arc<VerifiedTokens>,
+}
+
+/// Seconds of clock skew allowed on `exp` (as the full verification does).
+const LEEWAY_SECONDS: u64 = 5;
+/// Tokens remembered as verified; past it, expired ones are dropped and,
+/// if that is not enough, all of them (the next requests verify again).
+const MAX_VERIFIED_TOKENS: usize = 4096;
+
+/// Tokens that passed full verification, with their claims, until they
+/// expire. A client sends the same token with every request for its
+/// lifetime, and checking its Ed25519 signature each time was the order
+/// service's largest single CPU cost in the benchmark's profile. Keyed by
+/// the token's exact text, so only those same bytes are answered from
+/// here; a token is accepted from here only while the full check would
+/// still accept its `exp`; tokens that fail are never kept. Revocation is
+/// unchanged: verification is offline either way, bounded by the tokens'
+/// lifetime.
+#[derive(Default)]
+struct VerifiedTokens {
+    tokens: std::sync::Mutex<std::collections::HashMap<Box<str>, Claims>>,
+}
+
+impl VerifiedTokens {
+    /// The claims of `token` if it was verified and is not expired at `now`
+    /// (seconds since the epoch).
+    fn get(&self, token: &str, now: u64) -> Option<Claims> {
+        let tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        let claims = tokens.get(token)?;
+        still_valid(claims, now).then(|| claims.clone())
+    }
+
+    fn insert(&self, token: &str, claims: &Claims, now: u64) {
+        let mut tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        if tokens.len() >= MAX_VERIFIED_TOKENS {
+            tokens.retain(|_, claims| still_valid(claims, now));
+            if tokens.len() >= MAX_VERIFIED_TOKENS {
+                tokens.clear();
+            }
+        }
+        tokens.insert(token.into(), claims.clone());
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.tokens.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+/// Whether the full verification would still accept these claims' `exp`.
+fn still_valid(claims: &Claims, now: u64) -> bool {
+    u64::try_from(claims.exp).is_ok_and(|exp| exp.saturating_add(LEEWAY_SECONDS) >= now)
 }
 
 impl Verifier {
@@ -140,16 +192,25 @@ impl Verifier {
         validation.set_issuer(&[&config.issuer]);
         validation.set_audience(&[&config.audience]);
         validation.set_required_spec_claims(&["exp", "iat", "sub", "iss", "aud"]);
-        validation.leeway = 5;
+        validation.leeway = LEEWAY_SECONDS;
         Ok(Self {
             key: Arc::new(key),
             validation: Arc::new(validation),
+            verified: Arc::default(),
         })
     }
 
-    /// The claims of a valid token; any defect is the same 401 to the client.
+    /// The claims of a valid token; any defect is the same 401 to the
+    /// client. A token this verifier already accepted is answered from
+    /// memory until it expires (see `VerifiedTokens`).
     pub fn verify(&self, token: &str) -> Result<Claims, ApiError> {
-        self.verify_as::<Claims>(token)
+        let now = jsonwebtoken::get_current_timestamp();
+        if let Some(claims) = self.verified.get(token, now) {
+            return Ok(claims);
+        }
+        let claims = self.verify_as::<Claims>(token)?;
+        self.verified.insert(token, &claims, now);
+        Ok(claims)
     }
 
     /// Like [`verify`](Self::verify), into the issuer's own claim set: the
@@ -276,6 +337,102 @@ pub fn generate_keypair() -> anyhow::Result<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn signed(key: &jsonwebtoken::EncodingKey, claims: &Claims) -> String {
+        jsonwebtoken::encode(&jsonwebtoken::Header::new(Algorithm::EdDSA), claims, key).unwrap()
+    }
+
+    fn verifier_and_key() -> (Verifier, jsonwebtoken::EncodingKey) {
+        let (private, public) = generate_keypair().unwrap();
+        let config = AuthConfig {
+            public_key_pem: public,
+            issuer: "stockmesh".into(),
+            audience: "stockmesh-api".into(),
+        };
+        let key = jsonwebtoken::EncodingKey::from_ed_pem(private.as_bytes()).unwrap();
+        (Verifier::new(&config).unwrap(), key)
+    }
+
+    fn claims_expiring_at(exp: i64) -> Claims {
+        Claims {
+            sub: Uuid::now_v7(),
+            role: Role::User,
+            iss: "stockmesh".into(),
+            aud: "stockmesh-api".into(),
+            exp,
+            iat: exp - 300,
+            jti: Uuid::now_v7(),
+        }
+    }
+
+    /// A verified token is remembered until the full check would refuse its
+    /// expiry; other bytes (a tampered copy, a token signed by another key)
+    /// are never answered from memory, and refused tokens are not kept.
+    #[test]
+    fn verified_tokens_are_remembered_until_they_expire_and_only_as_sent() {
+        let (verifier, key) = verifier_and_key();
+        let now = jsonwebtoken::get_current_timestamp();
+        let claims = claims_expiring_at(now as i64 + 60);
+        let token = signed(&key, &claims);
+        assert_eq!(verifier.verify(&token).unwrap(), claims);
+        assert_eq!(verifier.verified.get(&token, now), Some(claims.clone()));
+        let last_second = now + 60 + LEEWAY_SECONDS;
+        assert!(verifier.verified.get(&token, last_second).is_some());
+        assert_eq!(verifier.verified.get(&token, last_second + 1), None);
+
+        // The same claims with a broken signature: refused, not kept.
+        let mut tampered = token.clone().into_bytes();
+        let inside_signature = tampered.len() - 10;
+        tampered[inside_signature] = if tampered[inside_signature] == b'A' {
+            b'B'
+        } else {
+            b'A'
+        };
+        let tampered = String::from_utf8(tampered).unwrap();
+        assert!(verifier.verify(&tampered).is_err());
+        assert_eq!(verifier.verified.get(&tampered, now), None);
+        // Signed by another key: refused although its claims are cached.
+        let (_, other_key) = verifier_and_key();
+        let forged = signed(&other_key, &claims);
+        assert!(verifier.verify(&forged).is_err());
+        assert_eq!(verifier.verified.len(), 1);
+
+        // An expired token is refused by the full check and never kept.
+        let expired = signed(&key, &claims_expiring_at(now as i64 - 60));
+        assert!(verifier.verify(&expired).is_err());
+        assert_eq!(verifier.verified.len(), 1);
+    }
+
+    /// The memory stays bounded: at the bound expired tokens go first, then
+    /// everything.
+    #[test]
+    fn verified_tokens_stay_bounded() {
+        let cache = VerifiedTokens::default();
+        let now = 1_000_000;
+        for n in 0..MAX_VERIFIED_TOKENS {
+            let exp = if n % 2 == 0 { now - 100 } else { now + 100 };
+            cache.insert(&format!("token-{n}"), &claims_expiring_at(exp as i64), now);
+        }
+        assert_eq!(cache.len(), MAX_VERIFIED_TOKENS);
+        cache.insert("one-more", &claims_expiring_at(now as i64 + 100), now);
+        assert_eq!(
+            cache.len(),
+            MAX_VERIFIED_TOKENS / 2 + 1,
+            "the expired half went"
+        );
+        for n in 0..MAX_VERIFIED_TOKENS {
+            cache.insert(
+                &format!("fresh-{n}"),
+                &claims_expiring_at(now as i64 + 100),
+                now,
+            );
+        }
+        assert!(cache.len() <= MAX_VERIFIED_TOKENS);
+        assert!(
+            cache.get("one-more", now).is_none(),
+            "full of live tokens: cleared"
+        );
+    }
 
     #[test]
     fn generated_keys_sign_and_verify() {
