@@ -44,6 +44,19 @@ fn foreign_key_violation(err: &sqlx::Error) -> bool {
     matches!(err, sqlx::Error::Database(db) if db.code().as_deref() == Some("23503"))
 }
 
+/// The answer of a Reserve that took the units now.
+fn newly_reserved(order_id: Uuid, product_id: Uuid, quantity: i64, stock: Stock) -> ReserveOutcome {
+    ReserveOutcome::Reserved(
+        Reservation {
+            order_id,
+            product_id,
+            quantity,
+            state: ReservationState::Reserved,
+        },
+        stock,
+    )
+}
+
 fn unique_violation(err: &sqlx::Error) -> bool {
     matches!(err, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505"))
 }
@@ -102,15 +115,7 @@ impl InventoryRepository {
     ) -> Result<ReserveOutcome, InventoryError> {
         async {
             if let Some(stock) = self.reserve_at_once(order_id, product_id, quantity).await? {
-                return Ok(ReserveOutcome::Reserved(
-                    Reservation {
-                        order_id,
-                        product_id,
-                        quantity,
-                        state: ReservationState::Reserved,
-                    },
-                    stock,
-                ));
+                return Ok(newly_reserved(order_id, product_id, quantity, stock));
             }
             // Anything but the common case (a replay, a tombstone, too little
             // stock, an unknown product, a concurrent duplicate): the full
@@ -172,15 +177,7 @@ impl InventoryRepository {
             match taken {
                 Some(stock) => {
                     tx.commit().await?;
-                    Ok(ReserveOutcome::Reserved(
-                        Reservation {
-                            order_id,
-                            product_id,
-                            quantity,
-                            state: ReservationState::Reserved,
-                        },
-                        stock,
-                    ))
+                    Ok(newly_reserved(order_id, product_id, quantity, stock))
                 }
                 None => {
                     tx.rollback().await?;

@@ -53,6 +53,26 @@ pub struct OutboxRow {
     pub trace_context: HashMap<String, String>,
 }
 
+type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
+
+/// Binds a new order's own columns as `$1` to `$11` (id, user, product,
+/// name, quantity, unit price, total, currency, idempotency key, request
+/// hash, trace id): every insert of a new order lists them in this order.
+fn bind_new_order<'q>(query: PgQuery<'q>, order: &Order) -> PgQuery<'q> {
+    query
+        .bind(order.id)
+        .bind(order.user_id)
+        .bind(order.product_id)
+        .bind(&order.product_name)
+        .bind(order.quantity)
+        .bind(order.unit_price_minor)
+        .bind(order.total_minor)
+        .bind(&order.currency)
+        .bind(order.idempotency_key.as_deref())
+        .bind(order.request_hash.as_deref())
+        .bind(order.trace_id.as_deref())
+}
+
 #[derive(Clone)]
 pub struct OrderRepository {
     pool: PgPool,
@@ -79,7 +99,7 @@ impl OrderRepository {
         order: &Order,
         event: &OutboxEvent,
     ) -> Result<Option<Order>, OrderError> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        let insert = sqlx::query(sqlx::AssertSqlSafe(format!(
             "WITH stored AS ( \
                INSERT INTO orders (id, user_id, product_id, product_name, quantity, unit_price_minor, \
                  total_minor, currency, status, needs_commit, idempotency_key, request_hash, trace_id) \
@@ -91,25 +111,15 @@ impl OrderRepository {
                SELECT $12, $13, $14, $15 FROM stored \
              ) \
              SELECT {COLUMNS} FROM stored"
-        )))
-        .bind(order.id)
-        .bind(order.user_id)
-        .bind(order.product_id)
-        .bind(&order.product_name)
-        .bind(order.quantity)
-        .bind(order.unit_price_minor)
-        .bind(order.total_minor)
-        .bind(&order.currency)
-        .bind(order.idempotency_key.as_deref())
-        .bind(order.request_hash.as_deref())
-        .bind(order.trace_id.as_deref())
-        .bind(event.event_id)
-        .bind(&event.routing_key)
-        .bind(&event.payload)
-        .bind(serde_json::to_value(&event.trace_context).unwrap_or_default())
-        .fetch_optional(&self.pool)
-        .instrument(db_span("commit", "orders+outbox"))
-        .await?;
+        )));
+        let row = bind_new_order(insert, order)
+            .bind(event.event_id)
+            .bind(&event.routing_key)
+            .bind(&event.payload)
+            .bind(serde_json::to_value(&event.trace_context).unwrap_or_default())
+            .fetch_optional(&self.pool)
+            .instrument(db_span("commit", "orders+outbox"))
+            .await?;
         row.as_ref().map(order_from_row).transpose()
     }
 
@@ -124,30 +134,20 @@ impl OrderRepository {
         reason: &str,
         needs_release: bool,
     ) -> Result<bool, OrderError> {
-        let done = sqlx::query(
+        let insert = sqlx::query(
             "INSERT INTO orders (id, user_id, product_id, product_name, quantity, unit_price_minor, \
-               total_minor, currency, status, failure_reason, needs_release, idempotency_key, \
-               request_hash, trace_id) \
+               total_minor, currency, idempotency_key, request_hash, trace_id, status, \
+               failure_reason, needs_release) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
              ON CONFLICT DO NOTHING",
-        )
-        .bind(order.id)
-        .bind(order.user_id)
-        .bind(order.product_id)
-        .bind(&order.product_name)
-        .bind(order.quantity)
-        .bind(order.unit_price_minor)
-        .bind(order.total_minor)
-        .bind(&order.currency)
-        .bind(status.as_str())
-        .bind(reason)
-        .bind(needs_release)
-        .bind(order.idempotency_key.as_deref())
-        .bind(order.request_hash.as_deref())
-        .bind(order.trace_id.as_deref())
-        .execute(&self.pool)
-        .instrument(db_span("insert", "orders"))
-        .await?;
+        );
+        let done = bind_new_order(insert, order)
+            .bind(status.as_str())
+            .bind(reason)
+            .bind(needs_release)
+            .execute(&self.pool)
+            .instrument(db_span("insert", "orders"))
+            .await?;
         Ok(done.rows_affected() == 1)
     }
 

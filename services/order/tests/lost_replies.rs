@@ -269,6 +269,23 @@ async fn proxy(inbound: TcpStream, target: SocketAddr, shared: Arc<Shared>) {
     }
 }
 
+/// The system behind a cutter that makes the database unreachable after
+/// its cut, with short timeouts: requests give up after 3 s, the sweeper
+/// settles what is left after 4 s.
+async fn with_blackout(cut: Cut) -> (PgCutter, System) {
+    let cutter = PgCutter::start(cut, true).await;
+    let sys = System::start_routed(
+        &[
+            ("REQUEST_TIMEOUT_MS", "3000"),
+            ("PENDING_TIMEOUT_MS", "4000"),
+            ("DATABASE_ACQUIRE_TIMEOUT_MS", "300"),
+        ],
+        |url| cutter.route(url),
+    )
+    .await;
+    (cutter, sys)
+}
+
 async fn stored_status(sys: &System, id: &str) -> String {
     let pool = sys.order_db.pool().await;
     sqlx::query_scalar("SELECT status FROM orders WHERE id = $1::uuid")
@@ -353,16 +370,7 @@ async fn a_confirm_that_never_ran_is_compensated() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_confirm_with_the_database_gone_is_left_to_the_stored_state() {
-    let cutter = PgCutter::start(Cut::AfterCommit, true).await;
-    let sys = System::start_routed(
-        &[
-            ("REQUEST_TIMEOUT_MS", "3000"),
-            ("PENDING_TIMEOUT_MS", "4000"),
-            ("DATABASE_ACQUIRE_TIMEOUT_MS", "300"),
-        ],
-        |url| cutter.route(url),
-    )
-    .await;
+    let (cutter, sys) = with_blackout(Cut::AfterCommit).await;
     let product = sys.product("Sugar bowl", 10).await;
     let user = sys.user();
 
@@ -397,16 +405,7 @@ async fn a_lost_confirm_with_the_database_gone_is_left_to_the_stored_state() {
 /// order arriving even later cannot be stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reservation_whose_order_was_never_stored_is_fenced_and_released() {
-    let cutter = PgCutter::start(Cut::BeforeExecute, true).await;
-    let sys = System::start_routed(
-        &[
-            ("REQUEST_TIMEOUT_MS", "3000"),
-            ("PENDING_TIMEOUT_MS", "4000"),
-            ("DATABASE_ACQUIRE_TIMEOUT_MS", "300"),
-        ],
-        |url| cutter.route(url),
-    )
-    .await;
+    let (cutter, sys) = with_blackout(Cut::BeforeExecute).await;
     let product = sys.product("Milk jug", 10).await;
     let user = sys.user();
 
