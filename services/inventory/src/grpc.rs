@@ -161,6 +161,20 @@ impl InventoryApi for InventoryGrpc {
         }))
     }
 
+    async fn init_stock(
+        &self,
+        request: Request<pb::SetStockRequest>,
+    ) -> Result<Response<pb::SetStockResponse>, Status> {
+        let req = request.into_inner();
+        let stock = self
+            .service
+            .init_stock(&req.product_id, req.quantity)
+            .await?;
+        Ok(Response::new(pb::SetStockResponse {
+            stock: Some(stock_to_pb(stock)),
+        }))
+    }
+
     async fn adjust_stock(
         &self,
         request: Request<pb::AdjustStockRequest>,

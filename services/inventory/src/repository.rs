@@ -496,6 +496,32 @@ impl InventoryRepository {
         .map_err(Into::into)
     }
 
+    /// Creates the stock record at `quantity` if the product has none; the
+    /// record as it is either way.
+    pub async fn init_stock(
+        &self,
+        product_id: Uuid,
+        quantity: i64,
+    ) -> Result<Stock, InventoryError> {
+        sqlx::query_as::<_, Stock>(
+            "WITH created AS ( \
+               INSERT INTO stock (product_id, available) VALUES ($1, $2) \
+               ON CONFLICT (product_id) DO NOTHING \
+               RETURNING product_id, available, reserved \
+             ) \
+             SELECT product_id, available, reserved FROM created \
+             UNION ALL \
+             SELECT product_id, available, reserved FROM stock \
+             WHERE product_id = $1 AND NOT EXISTS (SELECT 1 FROM created)",
+        )
+        .bind(product_id)
+        .bind(quantity)
+        .fetch_one(&self.pool)
+        .instrument(db_span("insert", "stock"))
+        .await
+        .map_err(Into::into)
+    }
+
     pub async fn adjust_stock(
         &self,
         product_id: Uuid,

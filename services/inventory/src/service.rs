@@ -144,6 +144,19 @@ impl InventoryService {
         Ok(stock)
     }
 
+    /// A new product's initial stock, recorded only if it has none yet.
+    pub async fn init_stock(
+        &self,
+        product_id: &str,
+        quantity: i64,
+    ) -> Result<Stock, InventoryError> {
+        let product_id = domain::parse_id("product_id", product_id)?;
+        let quantity = domain::stock_level("quantity", quantity)?;
+        let stock = self.repository.init_stock(product_id, quantity).await?;
+        tracing::info!(%product_id, available = stock.available, "initial stock recorded");
+        Ok(stock)
+    }
+
     pub async fn adjust_stock(
         &self,
         product_id: &str,

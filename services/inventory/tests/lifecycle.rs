@@ -223,3 +223,40 @@ async fn a_committed_reservation_returns_its_units_once_when_released() {
     assert_eq!(commit.code(), Code::FailedPrecondition);
     app.stop().await;
 }
+
+/// A new product's initial stock, recorded again (the product service
+/// retrying a creation, or its background sync racing the creation): the
+/// repeat answers the stock as it is and never puts back units that orders
+/// took in between (an absolute SetStock did: the end-to-end test saw 3
+/// reserved units reappear).
+#[tokio::test]
+async fn a_repeated_initial_stock_never_puts_back_reserved_units() {
+    let app = TestApp::spawn().await;
+    let mut client = app.client().await;
+    let product_id = Uuid::now_v7().to_string();
+    let init = |quantity| pb::SetStockRequest {
+        product_id: product_id.clone(),
+        quantity,
+    };
+    let first = client.init_stock(init(10)).await.expect("initial stock");
+    assert_eq!(first.into_inner().stock.expect("stock").available, 10);
+    let order = Uuid::now_v7().to_string();
+    reserve(&mut client, &order, &product_id, 3)
+        .await
+        .expect("reserve");
+    let again = client
+        .init_stock(init(10))
+        .await
+        .expect("repeated initial stock");
+    assert_eq!(
+        again.into_inner().stock.expect("stock").available,
+        7,
+        "answered as it is"
+    );
+    assert_eq!(
+        stock(&mut client, &product_id).await,
+        (7, 3),
+        "nothing put back"
+    );
+    app.stop().await;
+}

@@ -5,8 +5,10 @@
 //! of operations keeps them consistent without a distributed transaction:
 //! 1. the product row is stored with `stock_status = 'pending'` and its
 //!    initial stock;
-//! 2. inventory `SetStock` records the stock (absolute, so repeating it is
-//!    harmless);
+//! 2. inventory `InitStock` records the stock if it has no record yet (so
+//!    repeating it is harmless: the background retry below may run while a
+//!    creation is still under way, and must never put back units that
+//!    orders took since; an absolute `SetStock` did, an oversell);
 //! 3. the row is marked `synced`.
 //!
 //! If inventory is down at step 2 the product still exists, shows
@@ -81,7 +83,7 @@ impl ProductService {
     }
 
     async fn record_stock(&self, product: &Product) -> Result<i64, ProductError> {
-        let available = self.stock.set(product.id, product.initial_stock).await?;
+        let available = self.stock.init(product.id, product.initial_stock).await?;
         self.repository.mark_stock_synced(product.id).await?;
         Ok(available)
     }

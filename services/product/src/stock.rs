@@ -44,6 +44,25 @@ impl StockClient {
     }
 
     /// Sets the available quantity (idempotent: an absolute value).
+    /// Records a new product's initial stock unless inventory already has
+    /// a record (a repeated creation must not undo what orders took since);
+    /// the available stock as it is.
+    pub async fn init(&self, id: Uuid, quantity: i64) -> Result<i64, ProductError> {
+        let response = self
+            .client
+            .clone()
+            .init_stock(pb::SetStockRequest {
+                product_id: id.to_string(),
+                quantity,
+            })
+            .await?;
+        Ok(response
+            .into_inner()
+            .stock
+            .map(|s| s.available)
+            .unwrap_or(quantity))
+    }
+
     pub async fn set(&self, id: Uuid, quantity: i64) -> Result<i64, ProductError> {
         let response = self
             .client
