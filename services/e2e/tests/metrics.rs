@@ -208,7 +208,7 @@ async fn every_service_exports_its_series() {
         sample(
             &product_text,
             "stockmesh_grpc_client_handled_total",
-            &[r#"method="SetStock""#]
+            &[r#"method="InitStock""#]
         )
         .is_some()
     );
