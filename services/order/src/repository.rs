@@ -44,6 +44,19 @@ pub struct OutboxEvent {
     pub trace_context: HashMap<String, String>,
 }
 
+impl OutboxEvent {
+    /// The event as the relay publishes it, once stored as row `id`.
+    pub fn into_row(self, id: i64) -> OutboxRow {
+        OutboxRow {
+            id,
+            event_id: self.event_id,
+            routing_key: self.routing_key,
+            payload: self.payload,
+            trace_context: self.trace_context,
+        }
+    }
+}
+
 /// A row the relay must publish.
 pub struct OutboxRow {
     pub id: i64,
@@ -94,11 +107,16 @@ impl OrderRepository {
     /// concurrent request with the same key was stored first). An order
     /// whose id is taken (the sweeper fenced it as abandoned, see
     /// [`Self::fence_abandoned`]) fails with a unique violation.
+    ///
+    /// With `lease`, the event's row is stored leased for that long (as a
+    /// relay's claim would lease it): it is about to be handed to this
+    /// process's relay in memory. Returns the order and its outbox row's id.
     pub async fn insert_confirmed(
         &self,
         order: &Order,
         event: &OutboxEvent,
-    ) -> Result<Option<Order>, OrderError> {
+        lease: Option<std::time::Duration>,
+    ) -> Result<Option<(Order, i64)>, OrderError> {
         let insert = sqlx::query(sqlx::AssertSqlSafe(format!(
             "WITH stored AS ( \
                INSERT INTO orders (id, user_id, product_id, product_name, quantity, unit_price_minor, \
@@ -107,20 +125,38 @@ impl OrderRepository {
                ON CONFLICT (user_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING \
                RETURNING {COLUMNS} \
              ), event AS ( \
-               INSERT INTO outbox (event_id, routing_key, payload, trace_context) \
-               SELECT $12, $13, $14, $15 FROM stored \
+               INSERT INTO outbox (event_id, routing_key, payload, trace_context, available_at) \
+               SELECT $12, $13, $14, $15, now() + make_interval(secs => $16) FROM stored \
+               RETURNING id \
              ) \
-             SELECT {COLUMNS} FROM stored"
+             SELECT {COLUMNS}, (SELECT id FROM event) AS outbox_id FROM stored"
         )));
         let row = bind_new_order(insert, order)
             .bind(event.event_id)
             .bind(&event.routing_key)
             .bind(&event.payload)
             .bind(serde_json::to_value(&event.trace_context).unwrap_or_default())
+            .bind(lease.unwrap_or_default().as_secs_f64())
             .fetch_optional(&self.pool)
             .instrument(db_span("commit", "orders+outbox"))
             .await?;
-        row.as_ref().map(order_from_row).transpose()
+        row.as_ref()
+            .map(|row| Ok((order_from_row(row)?, row.try_get("outbox_id")?)))
+            .transpose()
+    }
+
+    /// Makes event `event_id` due now if it is unpublished and leased
+    /// (gives up a lease nobody will use).
+    pub async fn make_due(&self, event_id: Uuid) -> Result<(), OrderError> {
+        sqlx::query(
+            "UPDATE outbox SET available_at = now() \
+             WHERE event_id = $1 AND published_at IS NULL AND available_at > now()",
+        )
+        .bind(event_id)
+        .execute(&self.pool)
+        .instrument(db_span("update", "outbox"))
+        .await?;
+        Ok(())
     }
 
     /// Stores a new order that ended without being confirmed (`REJECTED`,

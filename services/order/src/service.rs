@@ -44,14 +44,15 @@ use uuid::Uuid;
 use crate::clients::Upstreams;
 use crate::domain::{MAX_QUANTITY, Order, OrderFilter, OrderStatus, request_hash};
 use crate::error::OrderError;
+use crate::outbox::RelayLink;
 use crate::repository::{OrderRepository, OutboxEvent};
 
 #[derive(Clone)]
 pub struct OrderService {
     repository: OrderRepository,
     upstreams: Upstreams,
-    /// Wakes the outbox relay after an event was committed.
-    relay_wake: Arc<Notify>,
+    /// Hands new events to the outbox relay, or wakes it to claim them.
+    relay: RelayLink,
     /// Wakes the committer after an order was confirmed.
     commit_wake: Arc<Notify>,
 }
@@ -86,11 +87,11 @@ pub struct Placed {
 }
 
 impl OrderService {
-    pub fn new(repository: OrderRepository, upstreams: Upstreams, relay_wake: Arc<Notify>) -> Self {
+    pub fn new(repository: OrderRepository, upstreams: Upstreams, relay: RelayLink) -> Self {
         Self {
             repository,
             upstreams,
-            relay_wake,
+            relay,
             commit_wake: Arc::new(Notify::new()),
         }
     }
@@ -161,17 +162,30 @@ impl OrderService {
         tracing::info!(order_id = %draft.id, %product_id, quantity, "stock reserved");
 
         let event = outbox_event(ORDER_CONFIRMED, &draft);
-        match self.repository.insert_confirmed(&draft, &event).await {
-            Ok(Some(confirmed)) => Ok(self.confirmed(confirmed)),
+        // Taken before the commit, so that the row is stored leased only
+        // when the relay will have it.
+        let slot = self.relay.slot();
+        let lease = slot.as_ref().map(|slot| slot.lease);
+        match self
+            .repository
+            .insert_confirmed(&draft, &event, lease)
+            .await
+        {
+            Ok(Some((confirmed, outbox_id))) => {
+                match slot {
+                    Some(slot) => slot.hand(event.into_row(outbox_id)),
+                    None => self.relay.wake(),
+                }
+                Ok(self.confirmed(confirmed))
+            }
             Ok(None) => self.key_taken(&draft, &hash).await,
-            Err(err) => self.store_failed(&draft, err).await,
+            Err(err) => self.store_failed(&draft, event.event_id, err).await,
         }
     }
 
     /// A confirmed order: its event is on its way and its reservation
     /// will be committed.
     fn confirmed(&self, order: Order) -> Placed {
-        self.relay_wake.notify_one();
         self.commit_wake.notify_one();
         tracing::info!(order_id = %order.id, "order confirmed");
         Placed {
@@ -204,7 +218,12 @@ impl OrderService {
     /// stored is compensated; unknown (the database is unreachable) is left
     /// to the sweeper, which finds the reservation held with no order and
     /// fences it, or finds the order confirmed and leaves it.
-    async fn store_failed(&self, draft: &Order, err: OrderError) -> Result<Placed, OrderError> {
+    async fn store_failed(
+        &self,
+        draft: &Order,
+        event_id: Uuid,
+        err: OrderError,
+    ) -> Result<Placed, OrderError> {
         let stored = match self.read_back(draft.id).await {
             Ok(stored) => stored,
             Err(unknown) => {
@@ -215,6 +234,7 @@ impl OrderService {
         match stored {
             Some(stored) if stored.status == OrderStatus::Confirmed => {
                 tracing::warn!(order_id = %draft.id, error = %err, "the order's answer was lost, but it was stored");
+                self.event_not_handed(event_id).await;
                 Ok(self.confirmed(stored))
             }
             // Fenced by the sweeper as abandoned; it releases the units.
@@ -224,6 +244,7 @@ impl OrderService {
                     // The id is taken after all: the insert landed late.
                     match self.read_back(draft.id).await {
                         Ok(Some(stored)) if stored.status == OrderStatus::Confirmed => {
+                            self.event_not_handed(event_id).await;
                             Ok(self.confirmed(stored))
                         }
                         _ => Err(err),
@@ -232,6 +253,17 @@ impl OrderService {
                 Compensation::Failed | Compensation::Unknown => Err(err),
             },
         }
+    }
+
+    /// The order was stored but its row's id never came back, so its
+    /// event (perhaps stored leased for a handoff) was not handed to the
+    /// relay: make it due now and wake the relay to claim it. If this
+    /// fails too, the lease runs out and it is claimed then.
+    async fn event_not_handed(&self, event_id: Uuid) {
+        if let Err(err) = self.repository.make_due(event_id).await {
+            tracing::warn!(%event_id, error = %err, "the order's event is published once its lease runs out");
+        }
+        self.relay.wake();
     }
 
     /// Reads an order back, retrying with backoff while the database is
@@ -403,7 +435,7 @@ impl OrderService {
             )
             .await?
             .ok_or(OrderError::NotCancellable("already cancelled"))?;
-        self.relay_wake.notify_one();
+        self.relay.wake();
         if self.upstreams.release(id).await.is_ok() {
             self.repository.clear_needs_release(id).await?;
         }

@@ -2,7 +2,6 @@
 //! the HTTP API, the outbox relay and the compensation sweeper.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use sqlx::PgPool;
 use stockmesh_platform::auth::Verifier;
@@ -13,13 +12,12 @@ use stockmesh_platform::metrics::Metrics;
 use stockmesh_platform::runtime;
 use stockmesh_platform::{Shutdown, db};
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
 
 use crate::catalog::ProductCache;
 use crate::clients::Upstreams;
 use crate::config::OrderConfig;
 use crate::http::{AppState, router};
-use crate::outbox::{self, RelayConfig, RelayMetrics};
+use crate::outbox::{self, RelayConfig, RelayInbox, RelayMetrics};
 use crate::repository::OrderRepository;
 use crate::service::OrderService;
 
@@ -36,7 +34,8 @@ pub struct Application {
     metrics: Metrics,
     service: OrderService,
     verifier: Verifier,
-    relay_wake: Arc<Notify>,
+    relay_config: RelayConfig,
+    relay_inbox: RelayInbox,
     product: Upstream,
     inventory: Upstream,
 }
@@ -49,7 +48,14 @@ impl Application {
         db::register_pool_metrics(&metrics, &pool);
         let product = Upstream::new(&config.product, &metrics).await?;
         let inventory = Upstream::new(&config.inventory, &metrics).await?;
-        let relay_wake = Arc::new(Notify::new());
+        let relay_config = RelayConfig {
+            broker: config.broker.clone(),
+            poll: config.relay_poll,
+            broker_timeout: config.outbox_broker_timeout,
+            retention: config.outbox_retention,
+            prune_every: config.outbox_prune_every,
+        };
+        let (relay_link, relay_inbox) = outbox::link(relay_config.lease());
         let service = OrderService::new(
             OrderRepository::new(pool.clone()),
             Upstreams::new(
@@ -57,7 +63,7 @@ impl Application {
                 inventory.clone(),
                 ProductCache::new(config.product_cache_ttl, &metrics),
             ),
-            relay_wake.clone(),
+            relay_link,
         );
         let verifier = Verifier::new(&config.auth)?;
         let listener = runtime::bind(config.common.http_addr, "HTTP").await?;
@@ -68,7 +74,8 @@ impl Application {
             metrics,
             service,
             verifier,
-            relay_wake,
+            relay_config,
+            relay_inbox,
             product,
             inventory,
         })
@@ -93,7 +100,8 @@ impl Application {
             metrics,
             service,
             verifier,
-            relay_wake,
+            relay_config,
+            relay_inbox,
             ..
         } = self;
         // Ready = this process serves (README, Operations). The database is
@@ -107,18 +115,11 @@ impl Application {
         // lost (db::unflushed_pool): they need not wait for a WAL flush.
         let relay_pool = db::unflushed_pool(&config.database, RELAY_CONNECTIONS)?;
         let relay_metrics = RelayMetrics::register(&metrics, &pool);
-        let relay_config = RelayConfig {
-            broker: config.broker.clone(),
-            poll: config.relay_poll,
-            broker_timeout: config.outbox_broker_timeout,
-            retention: config.outbox_retention,
-            prune_every: config.outbox_prune_every,
-        };
         shutdown.spawn(outbox::run(
             relay_pool.clone(),
             relay_config.clone(),
             relay_metrics.clone(),
-            relay_wake,
+            relay_inbox,
             shutdown.clone(),
         ));
         shutdown.spawn(outbox::prune(

@@ -196,6 +196,74 @@ async fn one_key_sent_at_once_stores_one_order_and_takes_its_units_once() {
     sys.stop().await;
 }
 
+/// A new order's event is handed to the relay at its commit, stored
+/// leased so that no claim takes it meanwhile, and published once: with
+/// the relay also polling for due rows every 200 ms, a row stored due
+/// (or claimed while handed) would be published twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_orders_events_are_handed_to_the_relay_and_published_once() {
+    let mut sys = System::start(&[]).await;
+    let product = sys.product("Jug", 100).await;
+    let user = sys.user();
+    // The relay connects in the background: once the first event is out,
+    // it is connected and takes handoffs.
+    let (status, first, _) = sys.order(&user, &product, 1, None).await;
+    assert_eq!(status, StatusCode::CREATED, "{first}");
+    sys.event_for(first["id"].as_str().unwrap(), "order.confirmed")
+        .await;
+    let handed_before = sys.metric("stockmesh_outbox_handed_off_total").await;
+    let published_before = sys.metric("stockmesh_outbox_published_total").await;
+
+    let answers = join_all((0..30).map(|_| sys.order(&user, &product, 1, None))).await;
+    let mut ids = std::collections::BTreeSet::new();
+    for (status, body, _) in &answers {
+        assert_eq!(*status, StatusCode::CREATED, "{body}");
+        ids.insert(body["id"].as_str().unwrap().to_owned());
+    }
+    let pool = sys.order_db.pool().await;
+    // Leased in the statement that stored it (one transaction time): the
+    // default lease, 2 x the 5 s broker timeout + 10 s. A claim would
+    // have leased it later.
+    let leased: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM outbox WHERE payload->'data'->>'order_id' = ANY($1) \
+         AND available_at = created_at + interval '20 seconds'",
+    )
+    .bind(ids.iter().cloned().collect::<Vec<_>>())
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(leased, 30, "each row was stored leased to its relay");
+    let mut seen = std::collections::BTreeMap::<String, u32>::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while seen.len() < ids.len() {
+        let event = tokio::time::timeout_at(deadline, sys.events.recv())
+            .await
+            .expect("every event within 10 s")
+            .expect("event stream open");
+        let order = event["data"]["order_id"].as_str().unwrap_or_default();
+        if ids.contains(order) {
+            *seen.entry(order.to_owned()).or_default() += 1;
+        }
+    }
+    // Three poll periods more for a second copy to show up.
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    while let Ok(event) = sys.events.try_recv() {
+        let order = event["data"]["order_id"].as_str().unwrap_or_default();
+        if ids.contains(order) {
+            *seen.entry(order.to_owned()).or_default() += 1;
+        }
+    }
+    assert!(
+        seen.values().all(|&copies| copies == 1),
+        "every event published once: {seen:?}"
+    );
+    let handed = sys.metric("stockmesh_outbox_handed_off_total").await - handed_before;
+    let published = sys.metric("stockmesh_outbox_published_total").await - published_before;
+    assert_eq!(handed, 30.0, "every event was handed over, none claimed");
+    assert_eq!(published, 30.0, "and each was confirmed once");
+    sys.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_refused_and_stores_nothing() {
     let sys = System::start(&[]).await;
