@@ -9,8 +9,10 @@
 --                 reservation row, one statement (the common path)
 --   order:        the order stored CONFIRMED + its outbox row, one
 --                 statement (the order is stored once, after the reserve)
---   relay:        claim the outbox row, mark it published (per batch in the
---                 service; here per order, so this is pessimistic)
+--   relay:        mark the outbox row published (per batch in the service;
+--                 here per order, so this is pessimistic). A new order's
+--                 row is stored already leased and handed to the relay in
+--                 memory: no claim on the common path
 --   notification: store the notification (idempotent insert)
 --   (the inventory commit of the reservation runs per batch of confirms,
 --   one transaction for many orders; left out here)
@@ -36,16 +38,12 @@ WITH stored AS (
   ON CONFLICT (user_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
   RETURNING id
 ), event AS (
-  INSERT INTO outbox (event_id, routing_key, payload, trace_context)
-  SELECT gen_random_uuid(), 'order.confirmed', '{"type":"order.confirmed","version":1}', '{}' FROM stored
+  INSERT INTO outbox (event_id, routing_key, payload, trace_context, available_at)
+  SELECT gen_random_uuid(), 'order.confirmed', '{"type":"order.confirmed","version":1}', '{}',
+    now() + make_interval(secs => 20) FROM stored
   RETURNING id
 )
 SELECT (SELECT id FROM event) AS id \gset ob_
-UPDATE outbox o SET available_at = now() + make_interval(secs => 30)
-  FROM (SELECT id FROM outbox WHERE id = :ob_id AND published_at IS NULL AND available_at <= now()
-        ORDER BY id LIMIT 100 FOR UPDATE SKIP LOCKED) due
-  WHERE o.id = due.id
-  RETURNING o.id, o.event_id, o.routing_key, o.payload, o.trace_context;
 UPDATE outbox SET published_at = now(), last_error = NULL WHERE id = :ob_id;
 INSERT INTO notifications (id, event_id, user_id, order_id, kind, message)
   VALUES (gen_random_uuid(), gen_random_uuid(), gen_random_uuid(), ':o_id'::uuid, 'order.confirmed', 'Your order is confirmed.')

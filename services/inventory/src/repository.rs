@@ -359,66 +359,74 @@ impl InventoryRepository {
         .await
     }
 
-    /// Commits the reservations of many orders in one transaction: the
-    /// batch form of [`Self::commit`], answered per order id.
+    /// Commits the reservations of many orders in one statement (one
+    /// round trip, one implicit transaction): the batch form of
+    /// [`Self::commit`], answered per order id.
     ///
     /// Locks are taken in a fixed order (reservations by order id, then the
     /// stock rows by product id) so that two batches, or a batch and the
-    /// single-order calls (reservation, then stock), can never deadlock.
+    /// single-order calls (reservation, then stock), can never deadlock;
+    /// and they are held for one statement and its commit only, so the
+    /// reserves waiting on a stock row it touches wait that long, not for
+    /// a transaction's worth of round trips.
     pub async fn commit_many(
         &self,
         order_ids: &[Uuid],
     ) -> Result<Vec<(Uuid, CommitResult)>, InventoryError> {
         async {
-            let mut tx = self.pool.begin().await?;
-            let held: Vec<(Uuid, Uuid, i64)> = sqlx::query_as(
-                "SELECT order_id, product_id, quantity FROM reservations \
-                 WHERE order_id = ANY($1) AND state = 'reserved' \
-                 ORDER BY order_id FOR UPDATE",
+            // `held` rechecks each row once its lock is granted, so a
+            // reservation a concurrent call settled meanwhile drops out;
+            // the final SELECT sees the statement's snapshot, in which such
+            // a row still reads 'reserved': it answers NULL for it, and it
+            // is read again below.
+            let rows: Vec<(Uuid, Option<String>)> = sqlx::query_as(
+                "WITH held AS MATERIALIZED ( \
+                   SELECT order_id, product_id, quantity FROM reservations \
+                   WHERE order_id = ANY($1) AND state = 'reserved' \
+                   ORDER BY order_id FOR UPDATE \
+                 ), per_product AS MATERIALIZED ( \
+                   SELECT product_id, sum(quantity)::bigint AS quantity FROM held GROUP BY product_id \
+                 ), locked AS MATERIALIZED ( \
+                   SELECT stock.product_id, per_product.quantity \
+                   FROM stock JOIN per_product ON per_product.product_id = stock.product_id \
+                   ORDER BY stock.product_id FOR UPDATE OF stock \
+                 ), sold AS ( \
+                   UPDATE stock SET reserved = stock.reserved - locked.quantity, updated_at = now() \
+                   FROM locked WHERE stock.product_id = locked.product_id \
+                 ), committed AS ( \
+                   UPDATE reservations SET state = 'committed', updated_at = now() \
+                   FROM held WHERE reservations.order_id = held.order_id \
+                   RETURNING reservations.order_id \
+                 ) \
+                 SELECT r.order_id, CASE WHEN c.order_id IS NOT NULL THEN 'committed' \
+                                         WHEN r.state = 'reserved' THEN NULL \
+                                         ELSE r.state END \
+                 FROM reservations r LEFT JOIN committed c ON c.order_id = r.order_id \
+                 WHERE r.order_id = ANY($1)",
             )
             .bind(order_ids)
-            .fetch_all(&mut *tx)
+            .fetch_all(&self.pool)
             .await?;
-            if !held.is_empty() {
-                let mut per_product: std::collections::BTreeMap<Uuid, i64> = Default::default();
-                for (_, product_id, quantity) in &held {
-                    *per_product.entry(*product_id).or_default() += quantity;
+            let mut states: std::collections::HashMap<Uuid, String> =
+                std::collections::HashMap::with_capacity(rows.len());
+            let mut settled_meanwhile = Vec::new();
+            for (order_id, state) in rows {
+                match state {
+                    Some(state) => {
+                        states.insert(order_id, state);
+                    }
+                    None => settled_meanwhile.push(order_id),
                 }
-                let (products, quantities): (Vec<Uuid>, Vec<i64>) = per_product.into_iter().unzip();
-                sqlx::query(
-                    "SELECT 1 FROM stock WHERE product_id = ANY($1) ORDER BY product_id FOR UPDATE",
-                )
-                .bind(&products)
-                .execute(&mut *tx)
-                .await?;
-                sqlx::query(
-                    "UPDATE stock SET reserved = reserved - sold.quantity, updated_at = now() \
-                     FROM unnest($1::uuid[], $2::bigint[]) AS sold(product_id, quantity) \
-                     WHERE stock.product_id = sold.product_id",
-                )
-                .bind(&products)
-                .bind(&quantities)
-                .execute(&mut *tx)
-                .await?;
-                let committed: Vec<Uuid> = held.iter().map(|(order_id, _, _)| *order_id).collect();
-                sqlx::query(
-                    "UPDATE reservations SET state = 'committed', updated_at = now() \
-                     WHERE order_id = ANY($1)",
-                )
-                .bind(&committed)
-                .execute(&mut *tx)
-                .await?;
             }
-            // Everything else as it stands: committed before, released
-            // (a tombstone too), or never reserved.
-            let states: std::collections::HashMap<Uuid, String> =
-                sqlx::query_as("SELECT order_id, state FROM reservations WHERE order_id = ANY($1)")
-                    .bind(order_ids)
-                    .fetch_all(&mut *tx)
-                    .await?
-                    .into_iter()
-                    .collect();
-            tx.commit().await?;
+            if !settled_meanwhile.is_empty() {
+                let now: Vec<(Uuid, String)> = sqlx::query_as(
+                    "SELECT order_id, state FROM reservations WHERE order_id = ANY($1)",
+                )
+                .bind(&settled_meanwhile)
+                .fetch_all(&self.pool)
+                .await?;
+                states.extend(now);
+            }
             Ok(order_ids
                 .iter()
                 .map(|id| {

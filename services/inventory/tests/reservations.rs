@@ -179,6 +179,101 @@ async fn duplicates_of_one_reserve_racing_take_its_units_once() {
     app.stop().await;
 }
 
+/// A CommitMany that waits on a reservation another caller is settling
+/// (another replica's commit, a release) answers what that caller made of
+/// it, and takes nothing out of the stock a second time. The row is held
+/// in a transaction here, so the wait happens every time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_many_waiting_on_a_settling_reservation_answers_its_outcome() {
+    let app = TestApp::spawn().await;
+    let mut client = app.client().await;
+    let product = product_with_stock(&app, 100).await;
+    let pool = app.db.pool().await;
+    for (settled_as, expected, stock_after) in [
+        ("committed", pb::CommitResult::Committed, (96, 0)),
+        ("released", pb::CommitResult::Released, (98, 0)),
+    ] {
+        let (waiting_on, alongside) = (Uuid::now_v7().to_string(), Uuid::now_v7().to_string());
+        for order in [&waiting_on, &alongside] {
+            client
+                .reserve(reserve(order, &product, 2))
+                .await
+                .expect("reserve");
+        }
+        let mut other = pool.begin().await.expect("begin");
+        sqlx::query("SELECT 1 FROM reservations WHERE order_id = $1::uuid FOR UPDATE")
+            .bind(&waiting_on)
+            .execute(&mut *other)
+            .await
+            .expect("hold the reservation");
+        let mut batch_client = client.clone();
+        let batch = vec![waiting_on.clone(), alongside.clone()];
+        let answer = tokio::spawn(async move {
+            batch_client
+                .commit_many(pb::CommitManyRequest { order_ids: batch })
+                .await
+        });
+        let mut waiting = 0_i64;
+        for _ in 0..200 {
+            waiting = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'WITH held%'",
+            )
+            .fetch_one(&pool)
+            .await
+            .expect("count waiting batches");
+            if waiting >= 1 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert_eq!(waiting, 1, "the batch waits on the held reservation");
+        // What the other caller does with it: sold (reserved units leave
+        // `reserved`), or given back (they return to `available`).
+        let give_back = if settled_as == "released" { 2 } else { 0 };
+        sqlx::query("UPDATE reservations SET state = $2 WHERE order_id = $1::uuid")
+            .bind(&waiting_on)
+            .bind(settled_as)
+            .execute(&mut *other)
+            .await
+            .expect("settle it");
+        sqlx::query(
+            "UPDATE stock SET reserved = reserved - 2, available = available + $2 WHERE product_id = $1::uuid",
+        )
+        .bind(&product)
+        .bind(give_back)
+        .execute(&mut *other)
+        .await
+        .expect("move its units");
+        other.commit().await.expect("commit");
+        let outcomes = answer
+            .await
+            .expect("joins")
+            .expect("the batch answers")
+            .into_inner()
+            .outcomes;
+        let outcome_of = |order: &str| {
+            outcomes
+                .iter()
+                .find(|outcome| outcome.order_id == order)
+                .map(|outcome| outcome.result())
+        };
+        assert_eq!(outcome_of(&waiting_on), Some(expected), "{settled_as}");
+        assert_eq!(outcome_of(&alongside), Some(pb::CommitResult::Committed));
+        assert_eq!(
+            stock_of(&app, &product).await,
+            stock_after,
+            "{settled_as}: each unit moved once"
+        );
+        // The next round starts from 96 available again.
+        sqlx::query("UPDATE stock SET available = 100 WHERE product_id = $1::uuid")
+            .bind(&product)
+            .execute(&pool)
+            .await
+            .expect("reset");
+    }
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn release_returns_units_exactly_once_and_commit_is_final() {
     let app = TestApp::spawn().await;
