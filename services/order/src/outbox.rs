@@ -47,8 +47,13 @@
 //! statement and one round trip fewer per batch, and the claim's row
 //! rewrite is gone from the WAL. The lease keeps every other relay off
 //! the row exactly as a claim does, so nothing changes for them:
-//! - the process dies before the row is published: the lease runs out
-//!   and any relay claims it (at-least-once, as for a claimed row);
+//! - the process dies (or stops: a request that commits while the relay
+//!   is already gone) before the row is published: the lease runs out and
+//!   any relay claims it, at most 2 × `OUTBOX_BROKER_TIMEOUT_MS` + 10 s
+//!   later (at-least-once, as for a claimed row);
+//! - the order was stored but its answer was lost (the row's id never
+//!   came back): the order path makes the row due itself and wakes the
+//!   relay;
 //! - the relay loses the broker: it stops giving slots, and the rows in
 //!   its inbox are released at once (`available_at = now()`), so a
 //!   replica that can publish claims them;
