@@ -186,15 +186,7 @@ async fn orders_succeed_while_the_broker_is_down_and_the_outbox_drains() {
         leased, 0,
         "no event is left leased to a relay that cannot publish"
     );
-    let text = sys
-        .http
-        .get(format!("http://{}/metrics", sys.order_http))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = sys.metrics_text().await;
     assert!(
         text.contains(r#"stockmesh_outbox_backlog{service="order"} 5"#),
         "{text}"

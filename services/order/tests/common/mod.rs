@@ -191,19 +191,24 @@ impl System {
         )
     }
 
-    /// The order service's metric `name`, summed over its series (0 when
-    /// absent).
-    pub async fn metric(&self, name: &str) -> f64 {
-        let text = self
-            .http
+    /// The order service's `/metrics` page.
+    pub async fn metrics_text(&self) -> String {
+        self.http
             .get(format!("http://{}/metrics", self.order_http))
             .send()
             .await
             .unwrap()
             .text()
             .await
-            .unwrap();
-        text.lines()
+            .unwrap()
+    }
+
+    /// The order service's metric `name`, summed over its series (0 when
+    /// absent).
+    pub async fn metric(&self, name: &str) -> f64 {
+        self.metrics_text()
+            .await
+            .lines()
             .filter(|line| {
                 line.strip_prefix(name)
                     .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
