@@ -144,19 +144,7 @@ async fn duplicates_of_one_reserve_racing_take_its_units_once() {
         })
     });
     let answers = tokio::spawn(join_all(calls));
-    let mut waiting = 0_i64;
-    for _ in 0..200 {
-        waiting = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'WITH taken%'",
-        )
-        .fetch_one(&pool)
-        .await
-        .expect("count waiting reserves");
-        if waiting >= 2 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let waiting = lock_waiters(&pool, "WITH taken%", 2).await;
     assert!(waiting >= 2, "the reserves queue on the stock row");
     holder.commit().await.expect("let them go");
     for answer in answers.await.expect("reserves") {
@@ -213,19 +201,7 @@ async fn a_commit_many_waiting_on_a_settling_reservation_answers_its_outcome() {
                 .commit_many(pb::CommitManyRequest { order_ids: batch })
                 .await
         });
-        let mut waiting = 0_i64;
-        for _ in 0..200 {
-            waiting = sqlx::query_scalar(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'WITH held%'",
-            )
-            .fetch_one(&pool)
-            .await
-            .expect("count waiting batches");
-            if waiting >= 1 {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+        let waiting = lock_waiters(&pool, "WITH held%", 1).await;
         assert_eq!(waiting, 1, "the batch waits on the held reservation");
         // What the other caller does with it: sold (reserved units leave
         // `reserved`), or given back (they return to `available`).
@@ -391,6 +367,26 @@ async fn release_returns_units_exactly_once_and_commit_is_final() {
         .into_inner();
     assert!(unknown_release.reservation.is_none() && !unknown_release.released_now);
     app.stop().await;
+}
+
+/// How many statements whose text is `LIKE pattern` wait on a lock, once
+/// at least `wanted` do (or after 4 s).
+async fn lock_waiters(pool: &sqlx::PgPool, pattern: &str, wanted: i64) -> i64 {
+    let mut waiting = 0_i64;
+    for _ in 0..200 {
+        waiting = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE $1",
+        )
+        .bind(pattern)
+        .fetch_one(pool)
+        .await
+        .expect("count lock waiters");
+        if waiting >= wanted {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    waiting
 }
 
 async fn stock_of(app: &TestApp, product: &str) -> (i64, i64) {
