@@ -31,6 +31,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use stockmesh_platform::config::{CommonConfig, EnvReader};
 use stockmesh_platform::telemetry::{self, Telemetry};
@@ -551,11 +552,11 @@ async fn one_request(shared: &Arc<Shared>, i: u64, n: u64) {
             .await;
         let took = start.elapsed();
         let answered = Instant::now();
-        let (status, order_id) = match result {
+        let (status, placed) = match result {
             Ok(response) => {
                 let status = response.status().as_u16();
                 let body: Value = response.json().await.unwrap_or(Value::Null);
-                (Ok(status), body["id"].as_str().map(str::to_owned))
+                (Ok(status), PlacedOrder::from_body(&body))
             }
             Err(_) => (Err(()), None),
         };
@@ -566,19 +567,19 @@ async fn one_request(shared: &Arc<Shared>, i: u64, n: u64) {
             .await
             .record("order", took, status, &[201]);
         if shared.options.mode == Mode::Live {
-            if let (Ok(201), Some(order_id)) = (status, &order_id) {
-                lock(&shared.matcher).placed(order_id, answered);
+            if let (Ok(201), Some(order)) = (status, &placed) {
+                lock(&shared.matcher).placed(&order.id, answered);
             }
             return;
         }
         let count = shared.orders.fetch_add(1, Ordering::Relaxed);
         let every = shared.options.lag_every;
-        if let (Some(order_id), true) = (order_id, every > 0 && count.is_multiple_of(every)) {
+        if let (Some(order), true) = (placed, every > 0 && count.is_multiple_of(every)) {
             let shared2 = shared.clone();
             let token = token.clone();
             let confirmed_at = Instant::now();
             let task = tokio::spawn(async move {
-                let lag = notification_lag(&shared2.api, &token, &order_id, confirmed_at).await;
+                let lag = notification_lag(&shared2.api, &token, &order, confirmed_at).await;
                 shared2.stats.lock().await.record_lag(lag);
             });
             shared.lag_tasks.lock().await.push(task);
@@ -664,31 +665,92 @@ async fn keep_sessions_fresh(shared: Arc<Shared>) {
 }
 
 /// Time from the order's 201 until its notification is listed (None after 10 s).
+///
+/// Looks at the shopper's newest notifications first and pages further back
+/// only while a full page is still newer than the order: under a backlog
+/// (the moment lag matters) more than a page of the shopper's later
+/// notifications may be stored before this one, and a sampler that only
+/// read the first page would never see it and poll for the full 10 s.
 async fn notification_lag(
     api: &Api,
     token: &str,
-    order_id: &str,
+    order: &PlacedOrder,
     since: Instant,
 ) -> Option<Duration> {
+    const FIRST_PAGE: usize = 20;
+    const DEEPER_PAGE: usize = 100;
     let give_up = since + Duration::from_secs(10);
     while Instant::now() < give_up {
-        if let Ok(response) = api
-            .http
-            // Newest first: the order's notification is among the user's
-            // latest few; a small page keeps the measurement light.
-            .get(format!("{}/api/notifications?limit=20", api.notifications))
-            .bearer_auth(token)
-            .send()
-            .await
-            && let Ok(body) = response.text().await
-            && body.contains(order_id)
-        {
-            return Some(since.elapsed());
+        let mut offset = 0;
+        loop {
+            let limit = if offset == 0 { FIRST_PAGE } else { DEEPER_PAGE };
+            let Ok(response) = api
+                .http
+                .get(format!(
+                    "{}/api/notifications?limit={limit}&offset={offset}",
+                    api.notifications
+                ))
+                .bearer_auth(token)
+                .send()
+                .await
+            else {
+                break;
+            };
+            let Ok(body) = response.text().await else {
+                break;
+            };
+            if body.contains(&order.id) {
+                return Some(since.elapsed());
+            }
+            match older_page_may_hold(&body, limit, order.created_at) {
+                true if offset < 10 * DEEPER_PAGE => offset += limit,
+                _ => break,
+            }
         }
         // Light polling: the measurement must not become the load.
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     None
+}
+
+/// Whether notifications older than this page could still include the
+/// order's: the page was full and even its oldest entry is newer than the
+/// order (a notification is stored after its order).
+fn older_page_may_hold(body: &str, limit: usize, placed: Option<DateTime<Utc>>) -> bool {
+    let Some(placed) = placed else {
+        return false;
+    };
+    let Ok(page) = serde_json::from_str::<Value>(body) else {
+        return false;
+    };
+    let Some(items) = page["items"].as_array() else {
+        return false;
+    };
+    items.len() == limit
+        && items
+            .last()
+            .and_then(|oldest| oldest["created_at"].as_str())
+            .and_then(|at| DateTime::parse_from_rfc3339(at).ok())
+            .is_some_and(|oldest| oldest >= placed)
+}
+
+/// What the lag sampler needs of a 201: the order's id and when the
+/// service stored it.
+struct PlacedOrder {
+    id: String,
+    created_at: Option<DateTime<Utc>>,
+}
+
+impl PlacedOrder {
+    fn from_body(body: &Value) -> Option<Self> {
+        Some(Self {
+            id: body["id"].as_str()?.to_owned(),
+            created_at: body["created_at"]
+                .as_str()
+                .and_then(|at| DateTime::parse_from_rfc3339(at).ok())
+                .map(|at| at.with_timezone(&Utc)),
+        })
+    }
 }
 
 async fn progress_line(shared: Arc<Shared>, started: Instant) {
@@ -708,5 +770,48 @@ async fn progress_line(shared: Arc<Shared>, started: Instant) {
             errors
         );
         let _ = std::io::stderr().flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page(created: &[&str]) -> String {
+        let items: Vec<Value> = created
+            .iter()
+            .map(|at| json!({"id": "n", "order_id": "other", "created_at": at}))
+            .collect();
+        json!({"items": items, "total": 1000}).to_string()
+    }
+
+    fn at(s: &str) -> Option<DateTime<Utc>> {
+        Some(DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc))
+    }
+
+    #[test]
+    fn a_full_page_newer_than_the_order_sends_the_sampler_further_back() {
+        let body = page(&["2026-12-07T10:00:02.5Z", "2026-12-07T10:00:01.25Z"]);
+        assert!(older_page_may_hold(&body, 2, at("2026-12-07T10:00:01Z")));
+    }
+
+    #[test]
+    fn a_page_reaching_back_past_the_order_or_not_full_ends_the_search() {
+        let older = page(&["2026-12-07T10:00:02Z", "2026-12-07T10:00:00.5Z"]);
+        assert!(!older_page_may_hold(&older, 2, at("2026-12-07T10:00:01Z")));
+        let short = page(&["2026-12-07T10:00:02Z"]);
+        assert!(!older_page_may_hold(&short, 2, at("2026-12-07T10:00:01Z")));
+        assert!(!older_page_may_hold("not json", 2, at("2026-12-07T10:00:01Z")));
+        let full = page(&["2026-12-07T10:00:02Z", "2026-12-07T10:00:01.5Z"]);
+        assert!(!older_page_may_hold(&full, 2, None));
+    }
+
+    #[test]
+    fn a_placed_order_is_read_from_its_201() {
+        let body = json!({"id": "abc", "created_at": "2026-12-07T10:00:01.123456Z"});
+        let placed = PlacedOrder::from_body(&body).unwrap();
+        assert_eq!(placed.id, "abc");
+        assert_eq!(placed.created_at, at("2026-12-07T10:00:01.123456Z"));
+        assert!(PlacedOrder::from_body(&json!({"error": "x"})).is_none());
     }
 }

@@ -112,11 +112,11 @@ fn read_consumer(env: &mut EnvReader) -> ConsumerConfig {
     if delivery_limit < 1 {
         env.problem("NOTIFICATION_DELIVERY_LIMIT must be at least 1");
     }
-    let prefetch = env.with_default("NOTIFICATION_PREFETCH", 32u16);
+    let prefetch = env.with_default("NOTIFICATION_PREFETCH", 128u16);
     if prefetch == 0 {
         env.problem("NOTIFICATION_PREFETCH must be at least 1");
     }
-    let concurrency = env.with_default("NOTIFICATION_CONCURRENCY", 8usize);
+    let concurrency = env.with_default("NOTIFICATION_CONCURRENCY", 64usize);
     if concurrency == 0 {
         env.problem("NOTIFICATION_CONCURRENCY must be at least 1");
     }
@@ -166,8 +166,8 @@ mod tests {
         assert_eq!(config.consumer.queue, "notifications");
         assert_eq!(config.consumer.bindings, vec!["order.*".to_owned()]);
         assert_eq!(config.consumer.delivery_limit, 5);
-        assert_eq!(config.consumer.prefetch, 32);
-        assert_eq!(config.consumer.concurrency, 8);
+        assert_eq!(config.consumer.prefetch, 128);
+        assert_eq!(config.consumer.concurrency, 64);
         assert_eq!(config.consumer.broker_timeout, Duration::from_secs(5));
         assert_eq!(config.consumer.retry_max, Duration::from_secs(5));
         assert_eq!(config.consumer.shutdown_grace, config.common.shutdown_grace);
