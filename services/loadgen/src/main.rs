@@ -801,7 +801,11 @@ mod tests {
         assert!(!older_page_may_hold(&older, 2, at("2026-12-07T10:00:01Z")));
         let short = page(&["2026-12-07T10:00:02Z"]);
         assert!(!older_page_may_hold(&short, 2, at("2026-12-07T10:00:01Z")));
-        assert!(!older_page_may_hold("not json", 2, at("2026-12-07T10:00:01Z")));
+        assert!(!older_page_may_hold(
+            "not json",
+            2,
+            at("2026-12-07T10:00:01Z")
+        ));
         let full = page(&["2026-12-07T10:00:02Z", "2026-12-07T10:00:01.5Z"]);
         assert!(!older_page_may_hold(&full, 2, None));
     }
