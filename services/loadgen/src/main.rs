@@ -666,24 +666,25 @@ async fn keep_sessions_fresh(shared: Arc<Shared>) {
 
 /// Time from the order's 201 until its notification is listed (None after 10 s).
 ///
-/// Looks at the shopper's newest notifications first and pages further back
-/// only while a full page is still newer than the order: under a backlog
-/// (the moment lag matters) more than a page of the shopper's later
-/// notifications may be stored before this one, and a sampler that only
-/// read the first page would never see it and poll for the full 10 s.
+/// Looks at the shopper's newest notifications first, and at the next
+/// [`DEEPER_PAGE`] only when the first page is full and still newer than the
+/// order: under a backlog more than a page of the shopper's later
+/// notifications may be stored before this one, and a sampler that only read
+/// the first page would never see it. Each look costs at most two requests,
+/// and the pause between looks grows with the time already waited (a tenth
+/// of it, at least 10 ms): the sampler's load must not grow with the lag it
+/// measures, or a lagging pipeline would be buried under its polls.
 async fn notification_lag(
     api: &Api,
     token: &str,
     order: &PlacedOrder,
     since: Instant,
 ) -> Option<Duration> {
-    const FIRST_PAGE: usize = 20;
-    const DEEPER_PAGE: usize = 100;
     let give_up = since + Duration::from_secs(10);
     while Instant::now() < give_up {
-        let mut offset = 0;
+        let mut page = (FIRST_PAGE, 0);
         loop {
-            let limit = if offset == 0 { FIRST_PAGE } else { DEEPER_PAGE };
+            let (limit, offset) = page;
             let Ok(response) = api
                 .http
                 .get(format!(
@@ -702,15 +703,25 @@ async fn notification_lag(
             if body.contains(&order.id) {
                 return Some(since.elapsed());
             }
-            match older_page_may_hold(&body, limit, order.created_at) {
-                true if offset < 10 * DEEPER_PAGE => offset += limit,
-                _ => break,
+            if offset > 0 || !older_page_may_hold(&body, limit, order.created_at) {
+                break;
             }
+            page = (DEEPER_PAGE, FIRST_PAGE);
         }
-        // Light polling: the measurement must not become the load.
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(poll_pause(since.elapsed())).await;
     }
     None
+}
+
+/// The shopper's newest notifications, where a sampled order's usually is.
+const FIRST_PAGE: usize = 20;
+/// The next ones, read when the first page is all newer than the order.
+const DEEPER_PAGE: usize = 100;
+
+/// Pause before the next look: a tenth of the time waited so far, at least
+/// 10 ms (so a lag is measured to within 10 % or 10 ms).
+fn poll_pause(waited: Duration) -> Duration {
+    (waited / 10).max(Duration::from_millis(10))
 }
 
 /// Whether notifications older than this page could still include the
@@ -808,6 +819,23 @@ mod tests {
         ));
         let full = page(&["2026-12-07T10:00:02Z", "2026-12-07T10:00:01.5Z"]);
         assert!(!older_page_may_hold(&full, 2, None));
+    }
+
+    #[test]
+    fn the_sampler_polls_less_often_the_longer_it_waits() {
+        assert_eq!(poll_pause(Duration::ZERO), Duration::from_millis(10));
+        assert_eq!(
+            poll_pause(Duration::from_millis(80)),
+            Duration::from_millis(10)
+        );
+        assert_eq!(
+            poll_pause(Duration::from_secs(1)),
+            Duration::from_millis(100)
+        );
+        assert_eq!(
+            poll_pause(Duration::from_secs(5)),
+            Duration::from_millis(500)
+        );
     }
 
     #[test]
