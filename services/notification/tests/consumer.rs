@@ -419,3 +419,51 @@ async fn connections_negotiate_small_frames_and_heartbeats_unless_the_url_says_o
     assert_eq!(connection.configuration().frame_max(), 65536);
     let _ = connection.close(200, "done".into()).await;
 }
+
+/// With the default settings (128 prefetched, 64 handled at once) a backlog
+/// is stored in groups: far fewer transactions than events, and groups
+/// larger than the 8 deliveries the consumer used to handle at once, which
+/// made it the slowest stage of the order pipeline at the peak.
+#[tokio::test]
+async fn a_backlog_is_stored_in_large_groups_by_default() {
+    const EVENTS: i64 = 200;
+    let app = TestApp::spawn().await;
+    let user = Uuid::now_v7();
+    app.amqp_proxy.cut();
+    wait_for("readiness to drop", 10, || async {
+        app.ready_status().await == StatusCode::SERVICE_UNAVAILABLE
+    })
+    .await;
+    for _ in 0..EVENTS {
+        app.publish(&order_event(ORDER_CONFIRMED, user)).await;
+    }
+    app.amqp_proxy.restore();
+
+    let pool = app.db.pool().await;
+    wait_for("the backlog to be stored", 30, || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM notifications")
+            .fetch_one(&pool)
+            .await
+            .expect("count")
+            == EVENTS
+    })
+    .await;
+    // Rows stored by one statement share its transaction id.
+    let (transactions, largest): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), max(n) FROM \
+         (SELECT xmin::text, count(*) AS n FROM notifications GROUP BY 1) AS per_transaction",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("groups");
+    assert!(
+        largest > 8,
+        "largest group {largest} rows ({transactions} transactions)"
+    );
+    assert!(
+        transactions < EVENTS / 8,
+        "{transactions} transactions for {EVENTS} events (largest group {largest})"
+    );
+    pool.close().await;
+    app.stop().await;
+}
