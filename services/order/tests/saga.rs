@@ -211,6 +211,17 @@ async fn new_orders_events_are_handed_to_the_relay_and_published_once() {
     assert_eq!(status, StatusCode::CREATED, "{first}");
     sys.event_for(first["id"].as_str().unwrap(), "order.confirmed")
         .await;
+    // The relay counts a publish once its row is marked, after the broker's
+    // confirm: the event can reach a consumer first. The baseline is read
+    // once the first event is counted, or it would be counted again below.
+    let counted_by = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while sys.metric("stockmesh_outbox_published_total").await < 1.0 {
+        assert!(
+            tokio::time::Instant::now() < counted_by,
+            "the first event counted as published within 10 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let handed_before = sys.metric("stockmesh_outbox_handed_off_total").await;
     let published_before = sys.metric("stockmesh_outbox_published_total").await;
 
