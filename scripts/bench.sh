@@ -48,7 +48,7 @@ log() { printf '\033[1m[bench]\033[0m %s\n' "$*" >&2; }
 log "building release binaries"
 cargo build --release --locked --bins -q
 
-env_file="$(scripts/infra.sh up run)"
+env_file="$(scripts/infra.sh up bench)"
 # shellcheck source=/dev/null
 source "$env_file"
 STACK_STATE="$(mktemp -d "${TMPDIR:-/tmp}/stockmesh-bench.XXXXXX")"
@@ -65,7 +65,7 @@ cleanup() {
   stack_drop_databases "${services[@]}"
   psql "$STACK_ADMIN" -q -c "DROP DATABASE IF EXISTS \"$ceiling_db\" WITH (FORCE)" >/dev/null 2>&1 || true
   rm -rf "$STACK_STATE"
-  scripts/infra.sh down run
+  scripts/infra.sh down bench
 }
 trap cleanup EXIT
 

@@ -2,7 +2,7 @@
 # Finds or starts the infrastructure stockmesh needs on one machine:
 # PostgreSQL and RabbitMQ.
 #
-#   scripts/infra.sh up   PROFILE   # PROFILE is "test" or "run"; prints an env file path
+#   scripts/infra.sh up   PROFILE   # PROFILE is "test", "run" or "bench"; prints an env file path
 #   scripts/infra.sh down PROFILE   # stops only what `up` started
 #   scripts/infra.sh env  PROFILE   # prints the env file path
 #   scripts/infra.sh install PROFILE PKG...  # apt-get install without starting services
@@ -23,7 +23,11 @@ profile="${2:-test}"
 case "$profile" in
   test) pg_port_default=56432; mq_port_default=56672; fast_pg=1 ;;
   run)  pg_port_default=55432; mq_port_default=55672; fast_pg=0 ;;
-  *) echo "infra.sh: unknown profile '$profile' (use test or run)" >&2; exit 2 ;;
+  # Its own, durable (it measures real commits): the bench publishes
+  # hundreds of thousands of events, which a `make run` notification queue
+  # bound on the same broker would keep and replay.
+  bench) pg_port_default=54432; mq_port_default=54672; fast_pg=0 ;;
+  *) echo "infra.sh: unknown profile '$profile' (use test, run or bench)" >&2; exit 2 ;;
 esac
 
 state_root="${STOCKMESH_STATE_DIR:-${TMPDIR:-/tmp}/stockmesh-$(id -u)}"
