@@ -421,9 +421,9 @@ async fn connections_negotiate_small_frames_and_heartbeats_unless_the_url_says_o
 }
 
 /// With the default settings (128 prefetched, 64 handled at once) a backlog
-/// is stored in groups: far fewer transactions than events, and groups
-/// larger than the 8 deliveries the consumer used to handle at once, which
-/// made it the slowest stage of the order pipeline at the peak.
+/// is stored in groups larger than the 8 deliveries the consumer used to
+/// handle at once (which made it the slowest stage of the order pipeline at
+/// the peak), and so in far fewer transactions than events.
 #[tokio::test]
 async fn a_backlog_is_stored_in_large_groups_by_default() {
     const EVENTS: i64 = 200;
@@ -460,8 +460,11 @@ async fn a_backlog_is_stored_in_large_groups_by_default() {
         largest > 8,
         "largest group {largest} rows ({transactions} transactions)"
     );
+    // Far fewer commits than events. Not a tight bound: how the backlog is
+    // cut into groups depends on how fast deliveries arrive (a loaded
+    // machine took 26 transactions; 8 at once took 66).
     assert!(
-        transactions < EVENTS / 8,
+        transactions < EVENTS / 4,
         "{transactions} transactions for {EVENTS} events (largest group {largest})"
     );
     pool.close().await;
