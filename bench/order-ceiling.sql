@@ -34,7 +34,7 @@ WITH taken AS (
 SELECT product_id, available, reserved FROM taken;
 WITH stored AS (
   INSERT INTO orders (id, user_id, product_id, product_name, quantity, unit_price_minor, total_minor, currency, status, needs_commit, trace_id)
-  VALUES (':o_id'::uuid, gen_random_uuid(), ('00000000-0000-0000-0000-' || lpad(:p::text, 12, '0'))::uuid, 'p', :q, 199, 199, 'EUR', 'CONFIRMED', true, md5(random()::text))
+  VALUES (':o_id'::uuid, gen_random_uuid(), ('00000000-0000-0000-0000-' || lpad(:p::text, 12, '0'))::uuid, 'p', :q, 199, 199, 'EUR', 'CONFIRMED', false, md5(random()::text))
   ON CONFLICT (user_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
   RETURNING id
 ), event AS (

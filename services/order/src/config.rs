@@ -30,8 +30,12 @@ pub struct OrderConfig {
     pub outbox_retention: Duration,
     /// `OUTBOX_PRUNE_INTERVAL_MS`: how often published rows are pruned.
     pub outbox_prune_every: Duration,
-    /// Period of the compensation sweeper.
+    /// Period of the compensation sweeper (and of the committer's rounds
+    /// over orders flagged in the database).
     pub sweep_every: Duration,
+    /// `COMMIT_LINGER_MS`: how long the committer, woken by a confirm,
+    /// waits for more confirms to join one inventory `CommitMany`.
+    pub commit_linger: Duration,
     /// A PENDING order older than this is considered abandoned: failed and
     /// its reservation released. Always longer than the request timeout,
     /// which bounds every saga, so the sweeper never gives up a saga that
@@ -67,6 +71,7 @@ impl OrderConfig {
             env.problem("OUTBOX_PRUNE_INTERVAL_MS must be at least 1");
         }
         let sweep_every = env.millis("SWEEP_INTERVAL_MS", Duration::from_secs(2));
+        let commit_linger = env.millis("COMMIT_LINGER_MS", Duration::from_millis(10));
         // A saga runs inside its HTTP request, which is dropped at
         // REQUEST_TIMEOUT_MS; the sweeper must wait longer than that before
         // it fails a PENDING order and releases its stock, or it would pull
@@ -97,6 +102,7 @@ impl OrderConfig {
             outbox_retention,
             outbox_prune_every,
             sweep_every,
+            commit_linger,
             pending_timeout,
             product_cache_ttl,
         })

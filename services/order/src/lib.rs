@@ -6,6 +6,7 @@
 
 pub mod catalog;
 pub mod clients;
+pub mod committer;
 pub mod config;
 pub mod domain;
 pub mod error;

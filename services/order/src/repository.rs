@@ -100,9 +100,11 @@ impl OrderRepository {
         &self.pool
     }
 
-    /// Stores a new order CONFIRMED with its event, flagged for the
-    /// inventory Commit of its reservation, in one statement (one implicit
-    /// transaction, one round trip): the order is stored once, after its
+    /// Stores a new order CONFIRMED with its event in one statement (one
+    /// implicit transaction, one round trip), flagged for the inventory
+    /// Commit of its reservation only with `needs_commit` (the commit is
+    /// usually queued in memory, see [`crate::committer`]): the order is
+    /// stored once, after its
     /// stock was reserved. `Ok(None)` when its idempotency key is taken (a
     /// concurrent request with the same key was stored first). An order
     /// whose id is taken (the sweeper fenced it as abandoned, see
@@ -116,12 +118,13 @@ impl OrderRepository {
         order: &Order,
         event: &OutboxEvent,
         lease: Option<std::time::Duration>,
+        needs_commit: bool,
     ) -> Result<Option<(Order, i64)>, OrderError> {
         let insert = sqlx::query(sqlx::AssertSqlSafe(format!(
             "WITH stored AS ( \
                INSERT INTO orders (id, user_id, product_id, product_name, quantity, unit_price_minor, \
                  total_minor, currency, status, needs_commit, idempotency_key, request_hash, trace_id) \
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'CONFIRMED', true, $9, $10, $11) \
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'CONFIRMED', $17, $9, $10, $11) \
                ON CONFLICT (user_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING \
                RETURNING {COLUMNS} \
              ), event AS ( \
@@ -137,6 +140,7 @@ impl OrderRepository {
             .bind(&event.payload)
             .bind(serde_json::to_value(&event.trace_context).unwrap_or_default())
             .bind(lease.unwrap_or_default().as_secs_f64())
+            .bind(needs_commit)
             .fetch_optional(&self.pool)
             .instrument(db_span("commit", "orders+outbox"))
             .await?;
@@ -331,6 +335,20 @@ impl OrderRepository {
         .fetch_all(&self.pool)
         .instrument(db_span("select", "orders"))
         .await?)
+    }
+
+    /// Flags CONFIRMED orders whose reservation could not be committed
+    /// now, for the committer's rounds from the database.
+    pub async fn flag_for_commit(&self, ids: &[Uuid]) -> Result<(), OrderError> {
+        sqlx::query(
+            "UPDATE orders SET needs_commit = true \
+             WHERE id = ANY($1) AND status = 'CONFIRMED' AND NOT needs_commit",
+        )
+        .bind(ids)
+        .execute(&self.pool)
+        .instrument(db_span("update", "orders"))
+        .await?;
+        Ok(())
     }
 
     /// Remembers that these orders' reservations are settled in inventory.

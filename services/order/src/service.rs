@@ -37,11 +37,11 @@ use stockmesh_platform::events::{
 };
 use stockmesh_platform::{broker, deadline};
 use stockmesh_proto::inventory::v1 as inv;
-use tokio::sync::Notify;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
 use crate::clients::Upstreams;
+use crate::committer::CommitQueue;
 use crate::domain::{MAX_QUANTITY, Order, OrderFilter, OrderStatus, request_hash};
 use crate::error::OrderError;
 use crate::outbox::RelayLink;
@@ -53,8 +53,8 @@ pub struct OrderService {
     upstreams: Upstreams,
     /// Hands new events to the outbox relay, or wakes it to claim them.
     relay: RelayLink,
-    /// Wakes the committer after an order was confirmed.
-    commit_wake: Arc<Notify>,
+    /// Confirmed orders whose reservation awaits the inventory Commit.
+    commits: Arc<CommitQueue>,
 }
 
 /// Confirmed orders read per commit round.
@@ -92,14 +92,14 @@ impl OrderService {
             repository,
             upstreams,
             relay,
-            commit_wake: Arc::new(Notify::new()),
+            commits: Arc::new(CommitQueue::default()),
         }
     }
 
-    /// Notified whenever an order was confirmed: its reservation awaits
-    /// the inventory Commit.
-    pub fn commit_wake(&self) -> Arc<Notify> {
-        self.commit_wake.clone()
+    /// Confirmed orders of this process whose reservation awaits the
+    /// inventory Commit (see [`crate::committer`]).
+    pub fn commit_queue(&self) -> Arc<CommitQueue> {
+        self.commits.clone()
     }
 
     pub async fn place(
@@ -166,15 +166,21 @@ impl OrderService {
         // when the relay will have it.
         let slot = self.relay.slot();
         let lease = slot.as_ref().map(|slot| slot.lease);
+        // The commit is queued in memory; a full queue stores the order
+        // flagged for it instead (see `crate::committer`).
+        let queued = self.commits.has_room();
         match self
             .repository
-            .insert_confirmed(&draft, &event, lease)
+            .insert_confirmed(&draft, &event, lease, !queued)
             .await
         {
             Ok(Some((confirmed, outbox_id))) => {
                 match slot {
                     Some(slot) => slot.hand(event.into_row(outbox_id)),
                     None => self.relay.wake(),
+                }
+                if queued {
+                    self.commits.push(confirmed.id);
                 }
                 Ok(self.confirmed(confirmed))
             }
@@ -186,7 +192,6 @@ impl OrderService {
     /// A confirmed order: its event is on its way and its reservation
     /// will be committed.
     fn confirmed(&self, order: Order) -> Placed {
-        self.commit_wake.notify_one();
         tracing::info!(order_id = %order.id, "order confirmed");
         Placed {
             order,
@@ -443,12 +448,41 @@ impl OrderService {
         Ok(cancelled)
     }
 
-    /// Commits in inventory the reservations of CONFIRMED orders not
-    /// committed yet, a batch at a time (one `CommitMany` call, one
-    /// inventory transaction per batch), until none is left or inventory
-    /// cannot be reached (the batch stays flagged for the next round).
-    /// Returns how many orders were settled.
-    pub async fn commit_confirmed(&self) -> Result<usize, OrderError> {
+    /// Commits in inventory the reservations of the queued confirmed
+    /// orders, a batch at a time (one `CommitMany` call each). A batch
+    /// inventory cannot take now is flagged in the database for
+    /// [`Self::commit_flagged`]; ids the database cannot flag either go
+    /// back into the queue. Returns how many ids are still queued.
+    pub async fn commit_queued(&self) -> usize {
+        loop {
+            let ids = self.commits.take(COMMIT_BATCH as usize);
+            if ids.is_empty() {
+                return 0;
+            }
+            let unsettled = match self.upstreams.commit_many(&ids).await {
+                Ok(outcomes) => unsettled(outcomes),
+                Err(status) => {
+                    tracing::debug!(orders = ids.len(), code = ?status.code(), "commit flagged for a retry");
+                    ids
+                }
+            };
+            if unsettled.is_empty() {
+                continue;
+            }
+            if let Err(err) = self.repository.flag_for_commit(&unsettled).await {
+                tracing::debug!(error = %err, orders = unsettled.len(), "commit neither done nor flagged; kept in memory");
+                self.commits.put_back(unsettled);
+                return self.commits.len();
+            }
+        }
+    }
+
+    /// Commits in inventory the reservations of CONFIRMED orders flagged
+    /// in the database (a round that failed, a full queue, the sweeper's
+    /// finds, earlier versions), a batch at a time, until none is left or
+    /// inventory cannot be reached (the batch stays flagged for the next
+    /// round). Returns how many orders were settled.
+    pub async fn commit_flagged(&self) -> Result<usize, OrderError> {
         let mut settled = 0;
         loop {
             let ids = self.repository.needing_commit(COMMIT_BATCH).await?;
@@ -462,23 +496,8 @@ impl OrderService {
                     return Ok(settled);
                 }
             };
-            let mut done = Vec::with_capacity(outcomes.len());
-            for (id, result) in outcomes {
-                match result {
-                    inv::CommitResult::Committed => done.push(id),
-                    // Final answers: nothing left to commit. Released: the
-                    // order was cancelled meanwhile (its release returned
-                    // the units). No reservation: nothing ever will commit it.
-                    inv::CommitResult::Released | inv::CommitResult::NotFound => {
-                        tracing::warn!(order_id = %id, ?result, "reservation of a confirmed order cannot be committed");
-                        done.push(id);
-                    }
-                    // An answer this version does not know: keep the flag.
-                    inv::CommitResult::Unspecified => {
-                        tracing::warn!(order_id = %id, "unknown commit answer; will ask again");
-                    }
-                }
-            }
+            let kept = unsettled(outcomes);
+            let done: Vec<Uuid> = ids.iter().filter(|id| !kept.contains(id)).copied().collect();
             self.repository.clear_needs_commit(&done).await?;
             settled += done.len();
             if done.len() < ids.len() || ids.len() < COMMIT_BATCH as usize {
@@ -546,6 +565,27 @@ impl OrderService {
         }
         Ok(())
     }
+}
+
+/// The orders of a `CommitMany` answer that must be asked again.
+/// Committed, Released (the order was cancelled meanwhile: its release
+/// returned the units) and NotFound (nothing ever will commit it) are
+/// final; an answer this version does not know is asked again.
+fn unsettled(outcomes: Vec<(Uuid, inv::CommitResult)>) -> Vec<Uuid> {
+    let mut again = Vec::new();
+    for (id, result) in outcomes {
+        match result {
+            inv::CommitResult::Committed => {}
+            inv::CommitResult::Released | inv::CommitResult::NotFound => {
+                tracing::warn!(order_id = %id, ?result, "reservation of a confirmed order cannot be committed");
+            }
+            inv::CommitResult::Unspecified => {
+                tracing::warn!(order_id = %id, "unknown commit answer; will ask again");
+                again.push(id);
+            }
+        }
+    }
+    again
 }
 
 /// The answer to a request whose idempotency key is already used.

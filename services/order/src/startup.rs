@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 
 use crate::catalog::ProductCache;
 use crate::clients::Upstreams;
+use crate::committer;
 use crate::config::OrderConfig;
 use crate::http::{AppState, router};
 use crate::outbox::{self, RelayConfig, RelayInbox, RelayMetrics};
@@ -134,9 +135,10 @@ impl Application {
             config.pending_timeout,
             shutdown.clone(),
         ));
-        shutdown.spawn(committer(
+        shutdown.spawn(committer::run(
             service.clone(),
             config.sweep_every,
+            config.commit_linger,
             shutdown.clone(),
         ));
         let app = http::router(
@@ -174,29 +176,3 @@ async fn sweeper(
     }
 }
 
-/// How long the committer waits, once woken, for more confirms to batch.
-const COMMIT_LINGER: std::time::Duration = std::time::Duration::from_millis(10);
-
-/// Commits confirmed orders' reservations in inventory: woken by each
-/// confirm (so the counters move at once, off the request's path, and a
-/// burst of confirms is committed in batches), and every `every` for the
-/// orders a failed round left flagged.
-async fn committer(service: OrderService, every: std::time::Duration, shutdown: Shutdown) {
-    let wake = service.commit_wake();
-    loop {
-        tokio::select! {
-            _ = wake.notified() => {
-                // Let the confirms of the next few milliseconds join the
-                // batch: one inventory commit for them all, not one each.
-                tokio::time::sleep(COMMIT_LINGER).await;
-            }
-            _ = tokio::time::sleep(every) => {}
-            _ = shutdown.cancelled() => return,
-        }
-        match service.commit_confirmed().await {
-            Ok(0) => {}
-            Ok(committed) => tracing::debug!(committed, "reservations committed"),
-            Err(err) => tracing::debug!(error = %err, "committer will retry"),
-        }
-    }
-}

@@ -69,7 +69,10 @@ async fn a_confirmed_order_is_committed_and_its_cancel_returns_the_units_once() 
             .fetch_one(&pool)
             .await
             .expect("read order");
-    assert!(!needs_commit, "the order remembers that it was committed");
+    assert!(
+        !needs_commit,
+        "the order row is stored once: its commit went from memory, no flag was set or cleared"
+    );
 
     let (status, body) = cancel(&sys, &user, &id).await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -178,5 +181,119 @@ async fn a_commit_that_cannot_reach_inventory_is_retried_until_it_can() {
         !needs_commit(pool).await,
         "the flag is cleared once committed"
     );
+    sys.stop().await;
+}
+
+async fn flagged(sys: &System, id: uuid::Uuid) -> bool {
+    sqlx::query_scalar::<_, bool>("SELECT needs_commit FROM orders WHERE id = $1")
+        .bind(id)
+        .fetch_one(&sys.order_db.pool().await)
+        .await
+        .expect("read order")
+}
+
+/// The commit queued in memory meets an inventory it cannot reach: the
+/// order is flagged in the database, and committed from there once
+/// inventory is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_commit_inventory_cannot_take_is_flagged_and_done_later() {
+    // The committer waits 1.5 s for more confirms: time to cut inventory
+    // after the reserve and before the commit.
+    let sys = System::start(&[("COMMIT_LINGER_MS", "1500")]).await;
+    let product = sys.product("Teapot", 10).await;
+    let user = sys.user();
+
+    let (status, order, _) = sys.order(&user, &product, 3, None).await;
+    assert_eq!(status, StatusCode::CREATED, "{order}");
+    sys.inventory_proxy.cut();
+    let id = order["id"].as_str().expect("order id").to_owned();
+    let order_id: uuid::Uuid = id.parse().expect("uuid");
+    assert!(!flagged(&sys, order_id).await, "queued in memory at first");
+
+    let mut was_flagged = false;
+    for _ in 0..100 {
+        if flagged(&sys, order_id).await {
+            was_flagged = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(was_flagged, "the failed commit was flagged in the database");
+    assert_eq!(
+        reservation_state(&sys, &id).await.as_deref(),
+        Some("reserved")
+    );
+
+    sys.inventory_proxy.restore();
+    until_reservation(&sys, &id, "committed").await;
+    assert_eq!(sys.stock(&product).await, (7, 0), "sold once");
+    for _ in 0..50 {
+        if !flagged(&sys, order_id).await {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!flagged(&sys, order_id).await, "the flag is cleared once committed");
+    sys.stop().await;
+}
+
+/// What a process that died with commits in its queue leaves behind: a
+/// CONFIRMED order, not flagged, whose reservation is still held. Once the
+/// reservation is older than the pending timeout, the sweeper finds it
+/// (`ListHeld`), flags the order and the committer commits it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_lost_with_its_process_is_found_by_the_sweeper() {
+    let sys = System::start(&[
+        ("REQUEST_TIMEOUT_MS", "3000"),
+        ("PENDING_TIMEOUT_MS", "4000"),
+    ])
+    .await;
+    let product = sys.product("Sugar bowl", 10).await;
+
+    let order_id = uuid::Uuid::now_v7();
+    let mut inventory =
+        InventoryServiceClient::connect(format!("http://127.0.0.1:{}", sys.inventory_proxy.port))
+            .await
+            .expect("inventory reachable");
+    inventory
+        .reserve(inv::ReserveRequest {
+            order_id: order_id.to_string(),
+            product_id: product.clone(),
+            quantity: 4,
+        })
+        .await
+        .expect("reserve");
+    sqlx::query(
+        "INSERT INTO orders (id, user_id, product_id, product_name, quantity, unit_price_minor, \
+         total_minor, currency, status, needs_commit) \
+         VALUES ($1, $2, $3::uuid, 'Sugar bowl', 4, 250, 1000, 'EUR', 'CONFIRMED', false)",
+    )
+    .bind(order_id)
+    .bind(uuid::Uuid::now_v7())
+    .bind(&product)
+    .execute(&sys.order_db.pool().await)
+    .await
+    .expect("insert a confirmed order");
+    assert_eq!(sys.stock(&product).await, (6, 4), "held, not sold");
+
+    // Held past the pending timeout (4 s), then committed: at most 10 s.
+    let id = order_id.to_string();
+    until_reservation(&sys, &id, "committed").await;
+    assert_eq!(sys.stock(&product).await, (6, 0), "sold once, nothing released");
+    assert_eq!(
+        sqlx::query_scalar::<_, String>("SELECT status FROM orders WHERE id = $1")
+            .bind(order_id)
+            .fetch_one(&sys.order_db.pool().await)
+            .await
+            .expect("read order"),
+        "CONFIRMED"
+    );
+    for _ in 0..50 {
+        if !flagged(&sys, order_id).await {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!flagged(&sys, order_id).await, "the flag is cleared once committed");
     sys.stop().await;
 }
