@@ -107,7 +107,18 @@ pub async fn run(service: OrderService, every: Duration, linger: Duration, shutd
             }
             _ = tokio::time::sleep(every) => true,
             _ = shutdown.cancelled() => {
-                let left = service.commit_queued().await;
+                // Rounds until the queue is empty, or a round could
+                // neither commit nor flag (its ids went back): then once
+                // more at most, as the database or inventory may be back.
+                let mut left = service.commit_queued().await;
+                let mut stuck = 0;
+                while left > 0 && stuck < 2 {
+                    let before = left;
+                    left = service.commit_queued().await;
+                    if left >= before {
+                        stuck += 1;
+                    }
+                }
                 if left > 0 {
                     tracing::warn!(left, "confirmed orders neither committed nor flagged at shutdown; the sweeper of any replica commits them after the pending timeout");
                 }

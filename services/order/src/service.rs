@@ -452,13 +452,16 @@ impl OrderService {
     /// orders, a batch at a time (one `CommitMany` call each). A batch
     /// inventory cannot take now is flagged in the database for
     /// [`Self::commit_flagged`]; ids the database cannot flag either go
-    /// back into the queue. Returns how many ids are still queued.
+    /// back into the queue. A batch that was not full ends the round:
+    /// confirms arriving meanwhile wait for the next one, so that batches
+    /// stay large under load. Returns how many ids are still queued.
     pub async fn commit_queued(&self) -> usize {
         loop {
             let ids = self.commits.take(COMMIT_BATCH as usize);
             if ids.is_empty() {
                 return 0;
             }
+            let full = ids.len() == COMMIT_BATCH as usize;
             let unsettled = match self.upstreams.commit_many(&ids).await {
                 Ok(outcomes) => unsettled(outcomes),
                 Err(status) => {
@@ -466,12 +469,14 @@ impl OrderService {
                     ids
                 }
             };
-            if unsettled.is_empty() {
-                continue;
-            }
-            if let Err(err) = self.repository.flag_for_commit(&unsettled).await {
+            if !unsettled.is_empty()
+                && let Err(err) = self.repository.flag_for_commit(&unsettled).await
+            {
                 tracing::debug!(error = %err, orders = unsettled.len(), "commit neither done nor flagged; kept in memory");
                 self.commits.put_back(unsettled);
+                return self.commits.len();
+            }
+            if !full {
                 return self.commits.len();
             }
         }
