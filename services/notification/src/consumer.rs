@@ -19,12 +19,13 @@
 //!   dead letters can be replayed once the cause is fixed
 //!   (`notification replay-dead-letters`, see [`crate::replay`]).
 //!
-//! Up to `concurrency` deliveries are handled at once, each with its own
-//! acknowledgement (acks may go out of order; events carry no ordering
-//! promise and are deduplicated by id). Their rows are stored together when
-//! they arrive together (one statement and one commit for a group, see
-//! [`crate::repository::NotificationRepository::insert_if_absent`]); each
-//! is acked only after its own row is committed.
+//! Up to `concurrency` deliveries are handled at once (events carry no
+//! ordering promise and are deduplicated by id). Their rows are stored
+//! together when they arrive together (one statement and one commit for a
+//! group, see [`crate::repository::NotificationRepository::insert_if_absent`]);
+//! each is acked only after its own row is committed, and the deliveries
+//! stored at one moment share one `basic.ack` (`multiple`, see
+//! [`crate::acks`]).
 //!
 //! A session is connect → declare → consume; when it ends (broker restart,
 //! connection lost, consumer cancelled) the loop starts a new one after a
@@ -50,8 +51,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use futures::stream::FuturesUnordered;
+use lapin::Acker;
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
@@ -73,6 +75,7 @@ use stockmesh_platform::telemetry;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use crate::acks::{Ack, AckWindow};
 use crate::config::ConsumerConfig;
 use crate::service::{NotificationService, Recorded};
 
@@ -406,6 +409,9 @@ impl Consumer {
         // Received but not started: at most `prefetch`, the broker sends no more.
         let mut waiting: VecDeque<Delivery> = VecDeque::new();
         let mut in_hand = FuturesUnordered::new();
+        // Stored deliveries behind one still being worked on are acked
+        // one by one once half the prefetch waits, so the window never fills.
+        let mut acks = AckWindow::new(usize::from(self.config.prefetch / 2));
         let mut liveness = tokio::time::interval(LIVENESS_CHECK);
         let ended = loop {
             while in_hand.len() < self.config.concurrency && !gate.is_paused() {
@@ -419,7 +425,13 @@ impl Consumer {
                 biased;
                 _ = shutdown.cancelled() => break Ok(Ended::Shutdown),
                 Some(done) = in_hand.next(), if !in_hand.is_empty() => {
-                    if let Err(err) = done {
+                    // Everything finished at this moment (a group's rows
+                    // commit together) is acknowledged with one frame.
+                    let mut finished = vec![done];
+                    while let Some(Some(done)) = in_hand.next().now_or_never() {
+                        finished.push(done);
+                    }
+                    if let Err(err) = settle(finished, &mut acks, limit).await {
                         break Err(err);
                     }
                 }
@@ -427,7 +439,10 @@ impl Consumer {
                 // consuming is paused: its end is how a broken session is
                 // noticed.
                 next = consumer.next() => match next {
-                    Some(Ok(delivery)) => waiting.push_back(delivery),
+                    Some(Ok(delivery)) => {
+                        acks.received(delivery.delivery_tag);
+                        waiting.push_back(delivery);
+                    }
                     Some(Err(err)) => break Err(err.into()),
                     None => break Ok(Ended::Cancelled),
                 },
@@ -446,7 +461,7 @@ impl Consumer {
             // bounded, and the whole drain by the shutdown grace period.
             let drained = tokio::time::timeout(self.config.shutdown_grace, async {
                 while let Some(done) = in_hand.next().await {
-                    if let Err(err) = done {
+                    if let Err(err) = settle(vec![done], &mut acks, limit).await {
                         tracing::warn!(error = %ErrorChain(&err), "could not acknowledge a delivery; the broker will redeliver it");
                     }
                 }
@@ -518,13 +533,13 @@ impl Consumer {
 
     /// One delivery under a `process` consumer span, child of the
     /// publisher's trace context from the AMQP headers. An error means the
-    /// channel is unusable (the acknowledgement could not be sent).
+    /// channel is unusable (a nack or reject could not be sent).
     async fn handle(
         &self,
         delivery: Delivery,
         shutdown: &Shutdown,
         gate: &DatabaseGate,
-    ) -> Result<(), SessionError> {
+    ) -> Result<Handled, SessionError> {
         let span = tracing::info_span!(
             "process",
             otel.name = format!("process {}", self.config.queue),
@@ -558,8 +573,10 @@ impl Consumer {
         shutdown: &Shutdown,
         gate: &DatabaseGate,
         span: tracing::Span,
-    ) -> Result<(), SessionError> {
+    ) -> Result<Handled, SessionError> {
         let limit = self.config.broker_timeout;
+        let tag = delivery.delivery_tag;
+        let settled = Handled { tag, ack: None };
         let event = match OrderEvent::decode(&delivery.data) {
             Ok(event) => event,
             Err(err) => {
@@ -586,7 +603,7 @@ impl Consumer {
                     delivery.acker.reject(BasicRejectOptions { requeue: false }),
                 )
                 .await?;
-                return Ok(());
+                return Ok(settled);
             }
         };
         span.record("messaging.message.id", event.id.to_string());
@@ -622,7 +639,7 @@ impl Consumer {
                                 }),
                             )
                             .await?;
-                            return Ok(());
+                            return Ok(settled);
                         }
                     }
                     pause = (pause * 2).min(self.config.retry_max.max(self.config.retry_delay));
@@ -639,12 +656,6 @@ impl Consumer {
                     Recorded::Created(_) => "stored",
                     Recorded::Duplicate => "duplicate",
                 };
-                bounded(
-                    "basic.ack",
-                    limit,
-                    delivery.acker.ack(BasicAckOptions::default()),
-                )
-                .await?;
                 span.record("outcome", outcome);
                 self.metrics
                     .processed
@@ -653,6 +664,11 @@ impl Consumer {
                         outcome,
                     })
                     .inc();
+                // Acknowledged by the session, with the others stored now.
+                return Ok(Handled {
+                    tag,
+                    ack: Some(delivery.acker),
+                });
             }
             Err(err) if err.is_transient() => {
                 let attempt = delivery_count(&delivery) + 1;
@@ -705,8 +721,48 @@ impl Consumer {
                 .await?;
             }
         }
-        Ok(())
+        Ok(settled)
     }
+}
+
+/// A delivery handled: stored, awaiting its acknowledgement (`ack`), or
+/// already settled by its own frame (rejected, handed back).
+struct Handled {
+    tag: u64,
+    ack: Option<Acker>,
+}
+
+/// Records what finished and sends the acknowledgements that are due.
+async fn settle(
+    finished: Vec<Result<Handled, SessionError>>,
+    acks: &mut AckWindow<Acker>,
+    limit: Duration,
+) -> Result<(), SessionError> {
+    let mut failed = None;
+    for done in finished {
+        match done {
+            Ok(Handled {
+                tag,
+                ack: Some(acker),
+            }) => acks.stored(tag, acker),
+            Ok(Handled { tag, ack: None }) => acks.settled(tag),
+            Err(err) => {
+                failed.get_or_insert(err);
+            }
+        }
+    }
+    if let Some(err) = failed {
+        return Err(err);
+    }
+    for Ack { acker, multiple } in acks.flush() {
+        bounded(
+            "basic.ack",
+            limit,
+            acker.ack(BasicAckOptions { multiple }),
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// Earlier deliveries of this message, as the quorum queue counts them.

@@ -5,6 +5,7 @@
 //! `consumer` and `http` translate, `service` decides, `repository` stores;
 //! `startup` assembles them with the shared platform.
 
+pub mod acks;
 pub mod config;
 pub mod consumer;
 pub mod domain;
