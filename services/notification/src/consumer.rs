@@ -51,8 +51,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use futures::{FutureExt, StreamExt};
 use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
 use lapin::Acker;
 use lapin::message::Delivery;
 use lapin::options::{
@@ -755,12 +755,7 @@ async fn settle(
         return Err(err);
     }
     for Ack { acker, multiple } in acks.flush() {
-        bounded(
-            "basic.ack",
-            limit,
-            acker.ack(BasicAckOptions { multiple }),
-        )
-        .await?;
+        bounded("basic.ack", limit, acker.ack(BasicAckOptions { multiple })).await?;
     }
     Ok(())
 }

@@ -502,7 +502,11 @@ impl OrderService {
                 }
             };
             let kept = unsettled(outcomes);
-            let done: Vec<Uuid> = ids.iter().filter(|id| !kept.contains(id)).copied().collect();
+            let done: Vec<Uuid> = ids
+                .iter()
+                .filter(|id| !kept.contains(id))
+                .copied()
+                .collect();
             self.repository.clear_needs_commit(&done).await?;
             settled += done.len();
             if done.len() < ids.len() || ids.len() < COMMIT_BATCH as usize {

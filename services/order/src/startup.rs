@@ -175,4 +175,3 @@ async fn sweeper(
         }
     }
 }
-

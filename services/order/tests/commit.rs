@@ -233,7 +233,10 @@ async fn a_queued_commit_inventory_cannot_take_is_flagged_and_done_later() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(!flagged(&sys, order_id).await, "the flag is cleared once committed");
+    assert!(
+        !flagged(&sys, order_id).await,
+        "the flag is cleared once committed"
+    );
     sys.stop().await;
 }
 
@@ -279,7 +282,11 @@ async fn a_commit_lost_with_its_process_is_found_by_the_sweeper() {
     // Held past the pending timeout (4 s), then committed: at most 10 s.
     let id = order_id.to_string();
     until_reservation(&sys, &id, "committed").await;
-    assert_eq!(sys.stock(&product).await, (6, 0), "sold once, nothing released");
+    assert_eq!(
+        sys.stock(&product).await,
+        (6, 0),
+        "sold once, nothing released"
+    );
     assert_eq!(
         sqlx::query_scalar::<_, String>("SELECT status FROM orders WHERE id = $1")
             .bind(order_id)
@@ -294,6 +301,9 @@ async fn a_commit_lost_with_its_process_is_found_by_the_sweeper() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(!flagged(&sys, order_id).await, "the flag is cleared once committed");
+    assert!(
+        !flagged(&sys, order_id).await,
+        "the flag is cleared once committed"
+    );
     sys.stop().await;
 }
