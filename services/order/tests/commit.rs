@@ -48,6 +48,62 @@ async fn cancel(sys: &System, token: &str, id: &str) -> (StatusCode, serde_json:
     (status, body)
 }
 
+/// Four units of `product` reserved in inventory (through the proxy) for
+/// a new order id, as a saga's reserve does; returns the id.
+async fn held_reservation(sys: &System, product: &str) -> uuid::Uuid {
+    let order_id = uuid::Uuid::now_v7();
+    let mut inventory =
+        InventoryServiceClient::connect(format!("http://127.0.0.1:{}", sys.inventory_proxy.port))
+            .await
+            .expect("inventory reachable");
+    inventory
+        .reserve(inv::ReserveRequest {
+            order_id: order_id.to_string(),
+            product_id: product.to_owned(),
+            quantity: 4,
+        })
+        .await
+        .expect("reserve");
+    order_id
+}
+
+/// Stores order `id` (four units of `product`) CONFIRMED, `flagged` for
+/// its commit or not: what a confirm leaves when its commit has not run.
+async fn store_confirmed(sys: &System, id: uuid::Uuid, product: &str, name: &str, flagged: bool) {
+    sqlx::query(
+        "INSERT INTO orders (id, user_id, product_id, product_name, quantity, unit_price_minor, \
+         total_minor, currency, status, needs_commit) \
+         VALUES ($1, $2, $3::uuid, $4, 4, 250, 1000, 'EUR', 'CONFIRMED', $5)",
+    )
+    .bind(id)
+    .bind(uuid::Uuid::now_v7())
+    .bind(product)
+    .bind(name)
+    .bind(flagged)
+    .execute(&sys.order_db.pool().await)
+    .await
+    .expect("insert a confirmed order");
+}
+
+async fn flagged(sys: &System, id: uuid::Uuid) -> bool {
+    sqlx::query_scalar::<_, bool>("SELECT needs_commit FROM orders WHERE id = $1")
+        .bind(id)
+        .fetch_one(&sys.order_db.pool().await)
+        .await
+        .expect("read order")
+}
+
+/// Waits up to 5 s for the commit flag of `id` to be cleared.
+async fn until_not_flagged(sys: &System, id: uuid::Uuid) {
+    for _ in 0..50 {
+        if !flagged(sys, id).await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("order {id} is still flagged for its commit");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_confirmed_order_is_committed_and_its_cancel_returns_the_units_once() {
     let sys = System::start(&[]).await;
@@ -62,15 +118,9 @@ async fn a_confirmed_order_is_committed_and_its_cancel_returns_the_units_once() 
     // Committed in the background: the units are sold, no longer held.
     until_reservation(&sys, &id, "committed").await;
     assert_eq!(sys.stock(&product).await, (7, 0));
-    let pool = sys.order_db.pool().await;
-    let needs_commit: bool =
-        sqlx::query_scalar("SELECT needs_commit FROM orders WHERE id = $1::uuid")
-            .bind(&id)
-            .fetch_one(&pool)
-            .await
-            .expect("read order");
+    let order_id: uuid::Uuid = id.parse().expect("uuid");
     assert!(
-        !needs_commit,
+        !flagged(&sys, order_id).await,
         "the order row is stored once: its commit went from memory, no flag was set or cleared"
     );
 
@@ -122,35 +172,12 @@ async fn a_commit_that_cannot_reach_inventory_is_retried_until_it_can() {
     let sys = System::start(&[]).await;
     let product = sys.product("Jug", 10).await;
 
-    // A confirmed order whose reservation is not committed yet (as after a
-    // crash right after the confirm, or an order confirmed before this
-    // version: the migration flags those), with inventory unreachable.
-    let order_id = uuid::Uuid::now_v7();
-    let mut inventory =
-        InventoryServiceClient::connect(format!("http://127.0.0.1:{}", sys.inventory_proxy.port))
-            .await
-            .expect("inventory reachable");
-    inventory
-        .reserve(inv::ReserveRequest {
-            order_id: order_id.to_string(),
-            product_id: product.clone(),
-            quantity: 4,
-        })
-        .await
-        .expect("reserve");
+    // A confirmed order whose reservation is not committed yet, flagged
+    // (a commit that failed, or an order confirmed before this version:
+    // the migration flags those), with inventory unreachable.
+    let order_id = held_reservation(&sys, &product).await;
     sys.inventory_proxy.cut();
-    let pool = sys.order_db.pool().await;
-    sqlx::query(
-        "INSERT INTO orders (id, user_id, product_id, product_name, quantity, unit_price_minor, \
-         total_minor, currency, status, needs_commit) \
-         VALUES ($1, $2, $3::uuid, 'Jug', 4, 250, 1000, 'EUR', 'CONFIRMED', true)",
-    )
-    .bind(order_id)
-    .bind(uuid::Uuid::now_v7())
-    .bind(&product)
-    .execute(&pool)
-    .await
-    .expect("insert a confirmed order");
+    store_confirmed(&sys, order_id, &product, "Jug", true).await;
 
     // Several committer rounds (every 300 ms here) fail; nothing is lost.
     tokio::time::sleep(Duration::from_millis(1200)).await;
@@ -159,37 +186,13 @@ async fn a_commit_that_cannot_reach_inventory_is_retried_until_it_can() {
         reservation_state(&sys, &id).await.as_deref(),
         Some("reserved")
     );
-    let needs_commit = |pool: sqlx::PgPool| async move {
-        sqlx::query_scalar::<_, bool>("SELECT needs_commit FROM orders WHERE id = $1")
-            .bind(order_id)
-            .fetch_one(&pool)
-            .await
-            .expect("read order")
-    };
-    assert!(needs_commit(pool.clone()).await, "still flagged");
+    assert!(flagged(&sys, order_id).await, "still flagged");
 
     sys.inventory_proxy.restore();
     until_reservation(&sys, &id, "committed").await;
     assert_eq!(sys.stock(&product).await, (6, 0));
-    for _ in 0..50 {
-        if !needs_commit(pool.clone()).await {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(
-        !needs_commit(pool).await,
-        "the flag is cleared once committed"
-    );
+    until_not_flagged(&sys, order_id).await;
     sys.stop().await;
-}
-
-async fn flagged(sys: &System, id: uuid::Uuid) -> bool {
-    sqlx::query_scalar::<_, bool>("SELECT needs_commit FROM orders WHERE id = $1")
-        .bind(id)
-        .fetch_one(&sys.order_db.pool().await)
-        .await
-        .expect("read order")
 }
 
 /// The commit queued in memory meets an inventory it cannot reach: the
@@ -227,16 +230,7 @@ async fn a_queued_commit_inventory_cannot_take_is_flagged_and_done_later() {
     sys.inventory_proxy.restore();
     until_reservation(&sys, &id, "committed").await;
     assert_eq!(sys.stock(&product).await, (7, 0), "sold once");
-    for _ in 0..50 {
-        if !flagged(&sys, order_id).await {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(
-        !flagged(&sys, order_id).await,
-        "the flag is cleared once committed"
-    );
+    until_not_flagged(&sys, order_id).await;
     sys.stop().await;
 }
 
@@ -253,30 +247,8 @@ async fn a_commit_lost_with_its_process_is_found_by_the_sweeper() {
     .await;
     let product = sys.product("Sugar bowl", 10).await;
 
-    let order_id = uuid::Uuid::now_v7();
-    let mut inventory =
-        InventoryServiceClient::connect(format!("http://127.0.0.1:{}", sys.inventory_proxy.port))
-            .await
-            .expect("inventory reachable");
-    inventory
-        .reserve(inv::ReserveRequest {
-            order_id: order_id.to_string(),
-            product_id: product.clone(),
-            quantity: 4,
-        })
-        .await
-        .expect("reserve");
-    sqlx::query(
-        "INSERT INTO orders (id, user_id, product_id, product_name, quantity, unit_price_minor, \
-         total_minor, currency, status, needs_commit) \
-         VALUES ($1, $2, $3::uuid, 'Sugar bowl', 4, 250, 1000, 'EUR', 'CONFIRMED', false)",
-    )
-    .bind(order_id)
-    .bind(uuid::Uuid::now_v7())
-    .bind(&product)
-    .execute(&sys.order_db.pool().await)
-    .await
-    .expect("insert a confirmed order");
+    let order_id = held_reservation(&sys, &product).await;
+    store_confirmed(&sys, order_id, &product, "Sugar bowl", false).await;
     assert_eq!(sys.stock(&product).await, (6, 4), "held, not sold");
 
     // Held past the pending timeout (4 s), then committed: at most 10 s.
@@ -295,15 +267,6 @@ async fn a_commit_lost_with_its_process_is_found_by_the_sweeper() {
             .expect("read order"),
         "CONFIRMED"
     );
-    for _ in 0..50 {
-        if !flagged(&sys, order_id).await {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(
-        !flagged(&sys, order_id).await,
-        "the flag is cleared once committed"
-    );
+    until_not_flagged(&sys, order_id).await;
     sys.stop().await;
 }
